@@ -1,0 +1,120 @@
+"""Builds keepmail's services from the config and runs them in one asyncio loop.
+
+Start order: store and recorder first (everything records and stores), then
+listeners. Stop order is the reverse, and listeners finish the sessions in
+flight before the store closes, so SIGTERM never loses acknowledged mail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .config import Config
+from .inbound.mx import MxHandler
+from .inbound.verdict import Thresholds
+from .recorder import Recorder
+from .smtp.protocol import Limits
+from .smtp.server import ListenerConfig, SmtpServer
+from .store import Store, accounts
+from .store.auth import Authenticator
+from .tls import CertFiles, ensure_self_signed, server_context
+
+log = logging.getLogger("keepmail")
+
+
+class Service(Protocol):
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+@dataclass
+class App:
+    config: Config
+    port_offset: int = 0
+    store: Store = field(init=False)
+    recorder: Recorder = field(init=False)
+    authenticator: Authenticator = field(init=False)
+    tls_context: ssl.SSLContext = field(init=False)
+    services: list[tuple[str, int, Service]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        cfg = self.config
+        self.store = Store.open(cfg.data_dir, cfg.key_file)
+        self.recorder = Recorder(cfg.data_dir / "recorder.db", cfg.recorder.retention_days)
+        self.authenticator = Authenticator(self.store)
+        self.tls_files = self._tls_files()
+        self.tls_context = server_context(self.tls_files)
+        self._ensure_domains()
+
+    def _tls_files(self) -> CertFiles:
+        tls = self.config.tls
+        if tls.cert_file:
+            return CertFiles(self.config.resolve(tls.cert_file), self.config.resolve(tls.key_file))
+        return ensure_self_signed(self.config.server.hostname, self.config.data_dir / "tls")
+
+    def _ensure_domains(self) -> None:
+        for name in self.config.server.domains:
+            if self.store.read_now(lambda c, n=name: accounts.get_domain(c, n)) is None:
+                self.store.write_sync(lambda c, n=name: accounts.add_domain(c, n))
+
+    # -- building -------------------------------------------------------------
+    def smtp_limits(self) -> Limits:
+        s = self.config.smtp
+        return Limits(max_message_size=s.max_message_size, max_recipients=s.max_recipients,
+                      command_timeout=s.command_timeout)
+
+    def _listener(self, name: str, port: int, implicit_tls: bool = False) -> ListenerConfig:
+        s = self.config.smtp
+        return ListenerConfig(name=name, hosts=self.config.server.listen, port=port,
+                              implicit_tls=implicit_tls, limits=self.smtp_limits(),
+                              max_connections=s.max_connections,
+                              max_connections_per_ip=s.max_connections_per_ip)
+
+    def build(self) -> None:
+        cfg = self.config
+        spam = cfg.spam
+        thresholds = Thresholds(spam.junk_score, spam.quarantine_score, spam.reject_score)
+        mx_port = cfg.port("smtp", self.port_offset)
+        if mx_port:
+            handler = MxHandler(self.store, thresholds=thresholds)
+            self.add("smtp", mx_port, SmtpServer(
+                self._listener("mx", mx_port), handler, hostname=cfg.server.hostname,
+                recorder=self.recorder, tls_context=self.tls_context))
+
+    def add(self, name: str, port: int, service: Service) -> None:
+        self.services.append((name, port, service))
+
+    # -- running ----------------------------------------------------------------
+    async def start(self) -> None:
+        if not self.services:
+            self.build()
+        for name, port, service in self.services:
+            await service.start()
+            log.info("%s listening on %s port %d", name, ",".join(self.config.server.listen),
+                     port)
+
+    async def stop(self) -> None:
+        for _name, _port, service in reversed(self.services):
+            with contextlib.suppress(Exception):
+                await service.close()
+        self.recorder.close()
+        self.store.close()
+
+    async def run_until_signal(self) -> None:
+        """Serve until SIGTERM or SIGINT, then shut down gently."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            log.info("shutting down: finishing sessions in flight")
+            await self.stop()

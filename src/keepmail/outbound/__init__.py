@@ -1,0 +1,1 @@
+"""keepmail.outbound"""

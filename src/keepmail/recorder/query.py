@@ -1,0 +1,96 @@
+"""Reading the flight recorder: search traces, show one timeline.
+
+Used by `keepmail log` and the web console. Opens the recorder database
+read-only so it can run beside a live server.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TraceFilter:
+    sender: str | None = None
+    rcpt: str | None = None
+    ip: str | None = None
+    message_id: str | None = None
+    since: float | None = None
+    until: float | None = None
+    text: str | None = None
+    account: str | None = None   # restrict to traces touching this address (self-service)
+    kind: str | None = None
+    limit: int = 100
+
+
+def open_readonly(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def _fts_query(text: str) -> str:
+    # Quote each word so user input is never parsed as FTS5 syntax.
+    words = [w.replace('"', '""') for w in text.split()]
+    return " ".join(f'"{w}"' for w in words)
+
+
+def search(conn: sqlite3.Connection, f: TraceFilter) -> list[dict[str, Any]]:
+    where: list[str] = []
+    args: list[Any] = []
+    like = {"mail_from": f.sender, "rcpts": f.rcpt}
+    for column, value in like.items():
+        if value:
+            where.append(f"t.{column} LIKE ?")
+            args.append(f"%{value.lower()}%")
+    exact = {"ip": f.ip, "kind": f.kind}
+    for column, value in exact.items():
+        if value:
+            where.append(f"t.{column} = ?")
+            args.append(value)
+    if f.message_id:
+        where.append("t.message_id = ?")
+        args.append(f.message_id.strip().strip("<>").join("<>"))
+    if f.since is not None:
+        where.append("t.started >= ?")
+        args.append(f.since)
+    if f.until is not None:
+        where.append("t.started <= ?")
+        args.append(f.until)
+    if f.account:
+        where.append("(t.account = ? OR t.mail_from = ? OR (' ' || t.rcpts || ' ') LIKE ?)")
+        args += [f.account, f.account, f"% {f.account} %"]
+    if f.text:
+        where.append("t.id IN (SELECT trace_id FROM traces_fts WHERE traces_fts MATCH ?)")
+        args.append(_fts_query(f.text))
+    sql = "SELECT t.* FROM traces t"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY t.started DESC LIMIT ?"
+    args.append(f.limit)
+    return [dict(r) for r in conn.execute(sql, args)]
+
+
+def get_trace(conn: sqlite3.Connection, trace_id: str) -> dict[str, Any] | None:
+    row = conn.execute("SELECT * FROM traces WHERE id = ?", (trace_id,)).fetchone()
+    return dict(row) if row else None
+
+
+def timeline(conn: sqlite3.Connection, trace_id: str) -> list[dict[str, Any]]:
+    """Events of a trace, its parent (the session) and its children (deliveries), by time."""
+    trace = get_trace(conn, trace_id)
+    if trace is None:
+        return []
+    ids = {trace_id}
+    if trace["parent"]:
+        ids.add(trace["parent"])
+    ids |= {r[0] for r in conn.execute("SELECT id FROM traces WHERE parent = ?", (trace_id,))}
+    marks = ",".join("?" * len(ids))
+    rows = conn.execute(f"SELECT trace_id, ts, kind, data FROM events WHERE trace_id IN ({marks})"
+                        " ORDER BY ts, id", list(ids))
+    return [{"trace_id": r["trace_id"], "ts": r["ts"], "kind": r["kind"],
+             "data": json.loads(r["data"])} for r in rows]

@@ -1,0 +1,199 @@
+"""The flight recorder: every connection, command, reply, check and delivery.
+
+Events are appended in memory and written in batches by a background thread
+to their own SQLite file, so recording never waits on the mail store's fsync
+and a busy server writes thousands of events per commit. A trace is one SMTP
+session, one message transaction, one delivery or one login; traces link to a
+parent (a message to its session) so one timeline shows it all. Summary fields
+(sender, recipients, subject, Message-ID, IP, status) are indexed and
+full-text searchable with FTS5.
+
+Losing the last fraction of a second of events in a power cut is accepted
+(synchronous=NORMAL); losing mail is not, which is why mail lives elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS traces (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL DEFAULT '',
+    parent TEXT NOT NULL DEFAULT '',
+    started REAL NOT NULL,
+    ended REAL,
+    ip TEXT NOT NULL DEFAULT '',
+    helo TEXT NOT NULL DEFAULT '',
+    account TEXT NOT NULL DEFAULT '',
+    mail_from TEXT NOT NULL DEFAULT '',
+    rcpts TEXT NOT NULL DEFAULT '',
+    message_id TEXT NOT NULL DEFAULT '',
+    subject TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL DEFAULT '',
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS traces_started ON traces(started);
+CREATE INDEX IF NOT EXISTS traces_parent ON traces(parent);
+CREATE INDEX IF NOT EXISTS traces_ip ON traces(ip);
+CREATE INDEX IF NOT EXISTS traces_message_id ON traces(message_id);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    trace_id TEXT NOT NULL,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_trace ON events(trace_id, id);
+CREATE INDEX IF NOT EXISTS events_ts ON events(ts);
+CREATE VIRTUAL TABLE IF NOT EXISTS traces_fts USING fts5(trace_id UNINDEXED, body);
+"""
+
+# Summary fields a caller may set; `rcpts` accumulates instead of replacing.
+SUMMARY_FIELDS = ("kind", "parent", "ip", "helo", "account", "mail_from", "rcpts",
+                  "message_id", "subject", "status", "detail", "ended")
+
+FLUSH_INTERVAL = 0.2
+
+
+def new_trace_id() -> str:
+    """Short, unique, URL- and header-safe."""
+    return secrets.token_hex(8)
+
+
+@dataclass
+class _Pending:
+    events: list[tuple[str, float, str, str]] = field(default_factory=list)
+    summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class Recorder:
+    def __init__(self, path: Path, retention_days: float = 90.0) -> None:
+        self.path = path
+        self.retention_days = retention_days
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("PRAGMA synchronous = NORMAL")
+        self._conn.executescript(SCHEMA)
+        self._lock = threading.Lock()
+        self._pending = _Pending()
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread = threading.Thread(target=self._flush_loop, name="recorder", daemon=True)
+        self._thread.start()
+
+    # -- recording (called on the event loop; cheap, never blocks on disk) --
+    def new_trace(self, kind: str, parent: str = "", **summary: Any) -> str:
+        trace_id = new_trace_id()
+        self.update(trace_id, kind=kind, parent=parent, started=time.time(), **summary)
+        return trace_id
+
+    def event(self, trace_id: str, kind: str, **data: Any) -> None:
+        payload = json.dumps(data, default=str, ensure_ascii=False)
+        with self._lock:
+            self._pending.events.append((trace_id, time.time(), kind, payload))
+
+    def update(self, trace_id: str, **summary: Any) -> None:
+        with self._lock:
+            current = self._pending.summaries.setdefault(trace_id, {})
+            for key, value in summary.items():
+                if key == "rcpts":
+                    current.setdefault("rcpts_add", []).extend(
+                        value if isinstance(value, list) else [value])
+                else:
+                    current[key] = value
+
+    # -- writing ---------------------------------------------------------------
+    def _flush_loop(self) -> None:
+        while not self._stop:
+            self._wake.wait(FLUSH_INTERVAL)
+            self._wake.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, _Pending()
+        if not pending.events and not pending.summaries:
+            return
+        conn = self._conn
+        with _transaction(conn):
+            conn.executemany("INSERT INTO events(trace_id, ts, kind, data) VALUES (?, ?, ?, ?)",
+                             pending.events)
+            for trace_id, fields in pending.summaries.items():
+                _merge_summary(conn, trace_id, fields)
+
+    def close(self) -> None:
+        self._stop = True
+        self._wake.set()
+        self._thread.join()
+        self.flush()
+        self._conn.close()
+
+    def prune(self, now: float | None = None) -> int:
+        """Delete traces and events older than the retention period."""
+        cutoff = (now or time.time()) - self.retention_days * 86400
+        self.flush()
+        with _transaction(self._conn):
+            old = [r[0] for r in self._conn.execute(
+                "SELECT id FROM traces WHERE started < ?", (cutoff,))]
+            for start in range(0, len(old), 500):
+                part = old[start:start + 500]
+                marks = ",".join("?" * len(part))
+                self._conn.execute(f"DELETE FROM traces_fts WHERE trace_id IN ({marks})", part)
+                self._conn.execute(f"DELETE FROM traces WHERE id IN ({marks})", part)
+            self._conn.execute("DELETE FROM events WHERE ts < ?", (cutoff,))
+        return len(old)
+
+
+class _transaction:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _merge_summary(conn: sqlite3.Connection, trace_id: str, fields: dict[str, Any]) -> None:
+    row = conn.execute("SELECT * FROM traces WHERE id = ?", (trace_id,)).fetchone()
+    names = [d[0] for d in conn.execute("SELECT * FROM traces LIMIT 0").description]
+    current: dict[str, Any] = dict(zip(names, row, strict=True)) if row else {
+        "id": trace_id, "started": fields.get("started", time.time())}
+    for key in SUMMARY_FIELDS:
+        if key in fields and key != "rcpts":
+            current[key] = fields[key]
+    added = fields.get("rcpts_add")
+    if added:
+        existing = [r for r in (current.get("rcpts") or "").split(" ") if r]
+        current["rcpts"] = " ".join(existing + [r for r in added if r not in existing])
+    columns = [c for c in names if c in current]
+    conn.execute(
+        f"INSERT OR REPLACE INTO traces({', '.join(columns)}) VALUES"
+        f" ({', '.join('?' * len(columns))})", [current[c] for c in columns])
+    body = " ".join(str(current.get(k) or "") for k in
+                    ("mail_from", "rcpts", "subject", "message_id", "ip", "helo", "account",
+                     "status", "detail"))
+    conn.execute("DELETE FROM traces_fts WHERE trace_id = ?", (trace_id,))
+    conn.execute("INSERT INTO traces_fts(trace_id, body) VALUES (?, ?)", (trace_id, body))
+
+
+class NullRecorder:
+    """A recorder that keeps nothing (for tools and tests that don't need one)."""
+
+    def new_trace(self, kind: str, parent: str = "", **summary: Any) -> str:
+        return new_trace_id()
+
+    def event(self, trace_id: str, kind: str, **data: Any) -> None:
+        pass
+
+    def update(self, trace_id: str, **summary: Any) -> None:
+        pass

@@ -1,0 +1,152 @@
+"""First-run setup: `keepmail init` for a real domain and `keepmail demo`.
+
+`init` leaves everything a newcomer needs: a commented config, the storage
+key, TLS material, an admin account and the DNS records to paste.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import config as configmod
+from .config import Config
+from .store import Store, accounts
+from .store.passwords import hash_password
+from .tls import ensure_self_signed
+
+
+@dataclass(frozen=True)
+class InitResult:
+    config_path: Path
+    admin: str
+    dns_text: str
+
+
+def initialize(domain: str, hostname: str, data_dir: Path, admin: str,
+               password: str) -> InitResult:
+    domain, hostname = domain.lower().rstrip("."), hostname.lower().rstrip(".")
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    config_path = data_dir / "keepmail.toml"
+    if config_path.exists():
+        raise ValueError(f"{config_path} already exists; remove it or choose another --data")
+    text = configmod.render_default_config({"server": {
+        "hostname": hostname, "data_dir": ".", "listen": ["0.0.0.0"], "domains": [domain]}})
+    config_path.write_text(text, encoding="utf-8")
+    cfg = configmod.load(config_path)
+    ensure_self_signed(hostname, cfg.data_dir / "tls")
+    _create_admin(cfg, domain, admin, password)
+    return InitResult(config_path, admin, dns_records_text(cfg, domain))
+
+
+def _create_admin(cfg: Config, domain: str, admin: str, password: str) -> None:
+    store = Store.open(cfg.data_dir, cfg.key_file)
+    try:
+        pw_hash = hash_password(password)
+
+        def txn(conn: Any) -> None:
+            if accounts.get_domain(conn, domain) is None:
+                accounts.add_domain(conn, domain)
+            accounts.add_account(conn, admin, pw_hash, is_admin=True)
+
+        store.write_sync(txn)
+    finally:
+        store.close()
+
+
+def dns_records(cfg: Config, domain: str) -> list[tuple[str, str, str]]:
+    """(name, type, value) of every record to publish for domain."""
+    host = cfg.server.hostname
+    records = [
+        (f"{domain}.", "MX", f"10 {host}."),
+        (f"{domain}.", "TXT", '"v=spf1 mx -all"'),
+        (f"_dmarc.{domain}.", "TXT", f'"v=DMARC1; p=quarantine; rua=mailto:postmaster@{domain}"'),
+    ]
+    records += dkim_records(cfg, domain)
+    return records
+
+
+def dkim_records(cfg: Config, domain: str) -> list[tuple[str, str, str]]:
+    try:
+        from .outbound import dkimkeys  # the signing keys live with outbound mail
+    except ImportError:
+        return []
+    return dkimkeys.dns_records(cfg, domain)
+
+
+def dns_records_text(cfg: Config, domain: str) -> str:
+    return "\n".join(f"{name:<32} IN {rtype:<5} {value}"
+                     for name, rtype, value in dns_records(cfg, domain))
+
+
+# -- demo ---------------------------------------------------------------------------
+DEMO_DOMAIN = "example.test"
+
+
+def demo_config(data_dir: Path) -> tuple[Config, dict[str, str]]:
+    """A config for a local demo with two accounts; returns it and their passwords."""
+    config_path = data_dir / "keepmail.toml"
+    if not config_path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        config_path.write_text(configmod.render_default_config({"server": {
+            "hostname": "mail.example.test", "data_dir": ".", "listen": ["127.0.0.1"],
+            "domains": [DEMO_DOMAIN]}}), encoding="utf-8")
+    cfg = configmod.load(config_path)
+    users = _demo_users(cfg)
+    return cfg, users
+
+
+def _demo_users(cfg: Config) -> dict[str, str]:
+    secrets_file = cfg.data_dir / "demo-passwords.txt"
+    if secrets_file.exists():
+        pairs = [line.split(" ", 1) for line in secrets_file.read_text().splitlines() if line]
+        return {a: p for a, p in pairs}
+    users = {f"{name}@{DEMO_DOMAIN}": secrets.token_urlsafe(9) for name in ("alice", "bob")}
+    store = Store.open(cfg.data_dir, cfg.key_file)
+    try:
+        hashes = {a: hash_password(p) for a, p in users.items()}
+
+        def txn(conn: Any) -> None:
+            if accounts.get_domain(conn, DEMO_DOMAIN) is None:
+                accounts.add_domain(conn, DEMO_DOMAIN)
+            for address, pw_hash in hashes.items():
+                accounts.add_account(conn, address, pw_hash, is_admin=address.startswith("a"))
+
+        store.write_sync(txn)
+    finally:
+        store.close()
+    secrets_file.write_text("".join(f"{a} {p}\n" for a, p in users.items()))
+    secrets_file.chmod(0o600)
+    return users
+
+
+def demo_text(app: Any, users: dict[str, str]) -> str:
+    ports = {name: port for name, port, _ in app.services}
+    cfg: Config = app.config
+    alice, bob = list(users)
+    mx = ports.get("smtp", 0)
+    lines = ["", "keepmail demo is running on 127.0.0.1 (Ctrl-C stops it).",
+             f"  data folder:   {cfg.data_dir}", f"  config:        {cfg.path}", "",
+             "Accounts:"]
+    lines += [f"  {address:<22} password: {password}" for address, password in users.items()]
+    lines += ["", "Listeners:"]
+    lines += [f"  {name:<12} 127.0.0.1:{port}" for name, port in ports.items()]
+    lines += ["", "Try it:",
+              "  # send a message to bob through the MX with swaks",
+              f"  swaks --server 127.0.0.1:{mx} --from {alice} --to {bob} "
+              "--header 'Subject: hello'",
+              "  # or with Python",
+              f"  python3 -c \"import smtplib; smtplib.SMTP('127.0.0.1', {mx}).sendmail("
+              f"'{alice}', ['{bob}'], b'Subject: hi\\r\\n\\r\\nHello Bob')\"",
+              "  # then see what happened to it",
+              f"  keepmail log search --config {cfg.path} --to {bob}",
+              f"  keepmail log show --config {cfg.path} TRACE_ID"]
+    if "imaps" in ports:
+        lines += ["  # and read it over IMAP (self-signed certificate)",
+                  f"  python3 -c \"import imaplib, ssl; c = imaplib.IMAP4_SSL('127.0.0.1', "
+                  f"{ports['imaps']}, ssl_context=ssl._create_unverified_context()); "
+                  f"c.login('{bob}', '{users[bob]}'); c.select(); "
+                  f"print(c.fetch('1', '(BODY[])'))\""]
+    return "\n".join(lines) + "\n"

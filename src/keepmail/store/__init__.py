@@ -1,0 +1,9 @@
+"""Persistent state: accounts, mailboxes, messages, encrypted blobs, queues.
+
+Importing this package registers every component's schema migrations.
+"""
+
+from . import schema  # noqa: F401  (registers core migrations)
+from .store import Copy, Store
+
+__all__ = ["Copy", "Store"]
