@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from .. import mailmsg
+from ..cache import TtlCache
 from ..smtp.address import Path
 from ..smtp.handler import Envelope, Handler, Session
 from ..smtp.reply import Reply, r
@@ -51,10 +52,13 @@ class MxHandler(Handler):
         self.thresholds = thresholds or Thresholds()
         self.forwarder = forwarder
         self.quarantiner = quarantiner
+        self._routes: TtlCache[str, routing.Route | None] = TtlCache()
+        self._mailboxes: TtlCache[tuple[int, str], Copy | None] = TtlCache()
 
     async def rcpt(self, session: Session, envelope: Envelope, rcpt: Path,
                    params: dict[str, str]) -> Reply | None:
-        route = self.store.read_now(lambda c: self._route(c, rcpt))
+        route = self._routes.get(rcpt.address.lower(), lambda: self.store.read_now(
+            lambda c: self._route(c, rcpt)))
         if route is None:
             return r(554, "5.7.1", f"Relay access denied: we do not accept mail for "
                      f"{rcpt.domain}")
@@ -112,7 +116,7 @@ class MxHandler(Handler):
             s.record("quarantined", id=qid)
             return r(250, "2.0.0", f"Queued as {env.trace_id}")
         role = "inbox" if verdict.action is Action.INBOX else "junk"
-        copies = self.store.read_now(lambda c: _copies(c, ctx.accounts, role))
+        copies = [c for c in (self._mailbox(a, role) for a in ctx.accounts) if c is not None]
         message_id = mailmsg.header(ctx.message, "Message-ID") or ""
         subject = mailmsg.header(ctx.message, "Subject") or ""
         s.recorder.update(env.trace_id, message_id=message_id.strip(), subject=subject[:200])
@@ -131,15 +135,15 @@ class MxHandler(Handler):
             s.record("forward-queued", targets=remote)
         return r(250, "2.0.0", f"Queued as {env.trace_id}")
 
+    def _mailbox(self, account_id: int, role: str) -> Copy | None:
+        return self._mailboxes.get((account_id, role), lambda: self.store.read_now(
+            lambda c: _copy(c, account_id, role)))
 
-def _copies(conn: sqlite3.Connection, account_ids: list[int], role: str) -> list[Copy]:
-    copies = []
-    for account_id in account_ids:
-        box = mailq.get_mailbox_by_role(conn, account_id, role) or mailq.get_mailbox(
-            conn, account_id, "INBOX")
-        if box is not None:
-            copies.append(Copy(account_id, box.id, box.name))
-    return copies
+
+def _copy(conn: sqlite3.Connection, account_id: int, role: str) -> Copy | None:
+    box = mailq.get_mailbox_by_role(conn, account_id, role) or mailq.get_mailbox(
+        conn, account_id, "INBOX")
+    return Copy(account_id, box.id, box.name) if box is not None else None
 
 
 def rule(name: str, points: float, reason: str, force: Action | None = None) -> Rule:

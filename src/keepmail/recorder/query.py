@@ -65,19 +65,26 @@ def search(conn: sqlite3.Connection, f: TraceFilter) -> list[dict[str, Any]]:
         where.append("(t.account = ? OR t.mail_from = ? OR (' ' || t.rcpts || ' ') LIKE ?)")
         args += [f.account, f.account, f"% {f.account} %"]
     if f.text:
-        where.append("t.id IN (SELECT trace_id FROM traces_fts WHERE traces_fts MATCH ?)")
+        where.append("t.n IN (SELECT rowid FROM traces_fts WHERE traces_fts MATCH ?)")
         args.append(_fts_query(f.text))
     sql = "SELECT t.* FROM traces t"
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY t.started DESC LIMIT ?"
     args.append(f.limit)
-    return [dict(r) for r in conn.execute(sql, args)]
+    rows = [dict(r) for r in conn.execute(sql, args)]
+    for row in rows:
+        row.pop("n", None)
+    return rows
 
 
 def get_trace(conn: sqlite3.Connection, trace_id: str) -> dict[str, Any] | None:
     row = conn.execute("SELECT * FROM traces WHERE id = ?", (trace_id,)).fetchone()
-    return dict(row) if row else None
+    if row is None:
+        return None
+    trace = dict(row)
+    trace.pop("n", None)
+    return trace
 
 
 def timeline(conn: sqlite3.Connection, trace_id: str) -> list[dict[str, Any]]:

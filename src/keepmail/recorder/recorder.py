@@ -25,7 +25,8 @@ from typing import Any
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS traces (
-    id TEXT PRIMARY KEY,
+    n INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
     kind TEXT NOT NULL DEFAULT '',
     parent TEXT NOT NULL DEFAULT '',
     started REAL NOT NULL,
@@ -53,7 +54,8 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_trace ON events(trace_id, id);
 CREATE INDEX IF NOT EXISTS events_ts ON events(ts);
-CREATE VIRTUAL TABLE IF NOT EXISTS traces_fts USING fts5(trace_id UNINDEXED, body);
+-- rowid = traces.n, so a trace's text is replaced by rowid, not by a scan.
+CREATE VIRTUAL TABLE IF NOT EXISTS traces_fts USING fts5(body);
 """
 
 # Summary fields a caller may set; `rcpts` accumulates instead of replacing.
@@ -79,6 +81,7 @@ class Recorder:
         self.path = path
         self.retention_days = retention_days
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA journal_mode = WAL")
         self._conn.execute("PRAGMA synchronous = NORMAL")
         self._conn.executescript(SCHEMA)
@@ -142,12 +145,12 @@ class Recorder:
         self.flush()
         with _transaction(self._conn):
             old = [r[0] for r in self._conn.execute(
-                "SELECT id FROM traces WHERE started < ?", (cutoff,))]
+                "SELECT n FROM traces WHERE started < ?", (cutoff,))]
             for start in range(0, len(old), 500):
                 part = old[start:start + 500]
                 marks = ",".join("?" * len(part))
-                self._conn.execute(f"DELETE FROM traces_fts WHERE trace_id IN ({marks})", part)
-                self._conn.execute(f"DELETE FROM traces WHERE id IN ({marks})", part)
+                self._conn.execute(f"DELETE FROM traces_fts WHERE rowid IN ({marks})", part)
+                self._conn.execute(f"DELETE FROM traces WHERE n IN ({marks})", part)
             self._conn.execute("DELETE FROM events WHERE ts < ?", (cutoff,))
         return len(old)
 
@@ -163,27 +166,35 @@ class _transaction:
         self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
+_FTS_FIELDS = ("mail_from", "rcpts", "subject", "message_id", "ip", "helo", "account", "status",
+               "detail")
+
+
 def _merge_summary(conn: sqlite3.Connection, trace_id: str, fields: dict[str, Any]) -> None:
     row = conn.execute("SELECT * FROM traces WHERE id = ?", (trace_id,)).fetchone()
-    names = [d[0] for d in conn.execute("SELECT * FROM traces LIMIT 0").description]
-    current: dict[str, Any] = dict(zip(names, row, strict=True)) if row else {
+    current: dict[str, Any] = dict(row) if row else {
         "id": trace_id, "started": fields.get("started", time.time())}
-    for key in SUMMARY_FIELDS:
-        if key in fields and key != "rcpts":
-            current[key] = fields[key]
+    changes = {k: fields[k] for k in SUMMARY_FIELDS if k in fields and k != "rcpts"}
     added = fields.get("rcpts_add")
     if added:
         existing = [r for r in (current.get("rcpts") or "").split(" ") if r]
-        current["rcpts"] = " ".join(existing + [r for r in added if r not in existing])
-    columns = [c for c in names if c in current]
-    conn.execute(
-        f"INSERT OR REPLACE INTO traces({', '.join(columns)}) VALUES"
-        f" ({', '.join('?' * len(columns))})", [current[c] for c in columns])
-    body = " ".join(str(current.get(k) or "") for k in
-                    ("mail_from", "rcpts", "subject", "message_id", "ip", "helo", "account",
-                     "status", "detail"))
-    conn.execute("DELETE FROM traces_fts WHERE trace_id = ?", (trace_id,))
-    conn.execute("INSERT INTO traces_fts(trace_id, body) VALUES (?, ?)", (trace_id, body))
+        changes["rcpts"] = " ".join(existing + [r for r in added if r not in existing])
+    current.update(changes)
+    if row is None:
+        columns = [c for c in current if c != "n"]
+        cur = conn.execute(f"INSERT INTO traces({', '.join(columns)}) VALUES"
+                           f" ({', '.join('?' * len(columns))})", [current[c] for c in columns])
+        rowid = cur.lastrowid
+    else:
+        rowid = row["n"]
+        if changes:
+            conn.execute(f"UPDATE traces SET {', '.join(f'{c} = ?' for c in changes)}"
+                         " WHERE n = ?", [*changes.values(), rowid])
+        if not any(k in _FTS_FIELDS for k in changes):
+            return
+        conn.execute("DELETE FROM traces_fts WHERE rowid = ?", (rowid,))
+    body = " ".join(str(current.get(k) or "") for k in _FTS_FIELDS)
+    conn.execute("INSERT INTO traces_fts(rowid, body) VALUES (?, ?)", (rowid, body))
 
 
 class NullRecorder:

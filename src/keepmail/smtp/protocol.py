@@ -64,6 +64,9 @@ class SmtpConnection:
         self.tls_context = tls_context
         self.errors = 0
         self.idle = False          # waiting for a command: safe to interrupt at shutdown
+        # Checked by the listener's watchdog: one timer per listener instead of
+        # one per command keeps the per-command cost low.
+        self.deadline = 0.0
         self.shutting_down = False
         self._out: list[bytes] = []
         self._bdat: list[bytes] | None = None
@@ -157,14 +160,21 @@ class SmtpConnection:
 
     async def _read_command(self) -> str:
         self.idle = True
+        self.deadline = time.monotonic() + self.limits.command_timeout
         try:
-            raw = await asyncio.wait_for(self._read_line(), self.limits.command_timeout)
-        except TimeoutError:
-            await self.send(r(421, "4.4.2", "Timeout: closing connection", close=True))
-            raise
+            return await self._read_line()
         finally:
             self.idle = False
-        return raw
+            self.deadline = 0.0
+
+    def expire(self) -> None:
+        """Called by the watchdog when the peer was silent too long."""
+        self.session.record("timeout")
+        try:
+            self.writer.write(r(421, "4.4.2", "Timeout: closing connection").render())
+            self.writer.close()
+        except Exception:
+            pass
 
     async def _read_line(self) -> str:
         """One command line; an over-long one is consumed and reported as ''."""
@@ -476,8 +486,11 @@ class SmtpConnection:
                                 "No valid recipients" if env else "Need MAIL and RCPT first"))
             return
         await self.send(r(354, "", "End data with <CR><LF>.<CR><LF>"))
-        content = await asyncio.wait_for(read_data(self.reader, self.limits.max_message_size),
-                                         self.limits.data_timeout)
+        self.deadline = time.monotonic() + self.limits.data_timeout
+        try:
+            content = await read_data(self.reader, self.limits.max_message_size)
+        finally:
+            self.deadline = 0.0
         await self._complete(content.message, content.problem, content.size)
 
     async def cmd_bdat(self, arg: str) -> None:
@@ -490,8 +503,11 @@ class SmtpConnection:
         env = self.session.envelope
         ok = env is not None and bool(env.rcpts)
         over = self._bdat_size + length > self.limits.max_message_size
-        chunk = await asyncio.wait_for(read_chunk(self.reader, length, keep=ok and not over),
-                                       self.limits.data_timeout)
+        self.deadline = time.monotonic() + self.limits.data_timeout
+        try:
+            chunk = await read_chunk(self.reader, length, keep=ok and not over)
+        finally:
+            self.deadline = 0.0
         if not ok:
             await self._error(r(503, "5.5.1", "Need MAIL and RCPT before BDAT"))
             return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -43,6 +44,7 @@ class SmtpServer:
         self._connections: set[SmtpConnection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._per_ip: Counter[str] = Counter()
+        self._watchdog: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -50,6 +52,17 @@ class SmtpServer:
             self._accept, host=cfg.hosts, port=cfg.port, limit=STREAM_LIMIT,
             ssl=self.tls_context if cfg.implicit_tls else None, backlog=1024,
             reuse_address=True)
+        self._watchdog = asyncio.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        """Hang up on peers silent past their deadline (RFC 5321 4.5.3.2)."""
+        period = max(0.05, min(5.0, self.config.limits.command_timeout / 4))
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for conn in list(self._connections):
+                if conn.deadline and now > conn.deadline:
+                    conn.expire()
 
     @property
     def ports(self) -> list[int]:
@@ -115,6 +128,8 @@ class SmtpServer:
         """Stop accepting; finish sessions in flight; hang up idle ones with 421."""
         if self._server is not None:
             self._server.close()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         for conn in list(self._connections):
             await conn.interrupt()
         if self._tasks:

@@ -1,0 +1,88 @@
+"""MX acceptance throughput: keepmail versus Postfix, same client, same run.
+
+Both servers accept small messages from Postfix's smtp-source (20 sessions)
+into durable storage: keepmail into its encrypted store (250 after fsync),
+Postfix into its own fsync'd queue (the recipient is put on hold so nothing
+is delivered onward). Prints messages/s for each and the ratio.
+
+    python bench/mx_bench.py [--messages 5000] [--sessions 20] [--size 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from peers import ROOT, PrivatePostfix, free_port, smtp_source, wait_port
+
+sys.path.insert(0, str(ROOT / "src"))
+
+
+def keepmail_run(tmp: Path, args: argparse.Namespace) -> tuple[float, int]:
+    from keepmail import config as configmod
+    from tests.support.server import add_users, free_port_offset, write_config
+
+    path = write_config(tmp, extra={"smtp": {"max_connections_per_ip": 1000},
+                                    "ports": {"submission": 0, "submissions": 0, "imap": 0,
+                                              "imaps": 0, "web": 0}})
+    cfg = configmod.load(path)
+    add_users(cfg, "bob@example.test")
+    offset = free_port_offset()
+    proc = subprocess.Popen([sys.executable, "-m", "keepmail.cli", "serve", "--config",
+                             str(path), "--port-offset", str(offset)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port("127.0.0.1", 25 + offset)
+        seconds = smtp_source("127.0.0.1", 25 + offset, messages=args.messages,
+                              sessions=args.sessions, size=args.size, rcpt="bob@example.test")
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    from keepmail.store import Store
+    store = Store.open(cfg.data_dir, cfg.key_file)
+    stored = store.read_now(lambda c: c.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+    store.close()
+    return seconds, stored
+
+
+def postfix_run(tmp: Path, args: argparse.Namespace) -> tuple[float, int]:
+    port = free_port()
+    pf = PrivatePostfix(tmp, "127.0.0.1", port, main_cf="""
+relay_domains = example.test
+smtpd_recipient_restrictions = permit_mynetworks, reject
+smtpd_end_of_data_restrictions = check_client_access static:HOLD
+""")
+    pf.start()
+    try:
+        seconds = smtp_source("127.0.0.1", port, messages=args.messages, sessions=args.sessions,
+                              size=args.size, rcpt="bob@example.test")
+        time.sleep(1)
+        queued = pf.queue_count()
+    finally:
+        pf.stop()
+    return seconds, queued
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--sessions", type=int, default=20)
+    parser.add_argument("--size", type=int, default=1024)
+    args = parser.parse_args()
+    results = {}
+    for name, run in (("keepmail", keepmail_run), ("postfix", postfix_run)):
+        with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
+            seconds, stored = run(Path(tmp), args)
+        rate = args.messages / seconds
+        results[name] = rate
+        print(f"{name:<9} {args.messages} msgs x {args.size} B, {args.sessions} sessions: "
+              f"{seconds:6.2f} s  {rate:8.0f} msg/s  (stored: {stored})")
+    print(f"ratio keepmail/postfix: {results['keepmail'] / results['postfix']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
