@@ -37,26 +37,37 @@ def initialize(domain: str, hostname: str, data_dir: Path, admin: str,
     config_path.write_text(text, encoding="utf-8")
     cfg = configmod.load(config_path)
     ensure_self_signed(hostname, cfg.data_dir / "tls")
-    _create_admin(cfg, domain, admin, password)
-    return InitResult(config_path, admin, dns_records_text(cfg, domain))
-
-
-def _create_admin(cfg: Config, domain: str, admin: str, password: str) -> None:
     store = Store.open(cfg.data_dir, cfg.key_file)
     try:
-        pw_hash = hash_password(password)
-
-        def txn(conn: Any) -> None:
-            if accounts.get_domain(conn, domain) is None:
-                accounts.add_domain(conn, domain)
-            accounts.add_account(conn, admin, pw_hash, is_admin=True)
-
-        store.write_sync(txn)
+        _create_admin(store, domain, admin, password)
+        _ensure_dkim(store, domain)
+        text = dns_records_text(cfg, store, domain)
     finally:
         store.close()
+    return InitResult(config_path, admin, text)
 
 
-def dns_records(cfg: Config, domain: str) -> list[tuple[str, str, str]]:
+def _create_admin(store: Store, domain: str, admin: str, password: str) -> None:
+    pw_hash = hash_password(password)
+
+    def txn(conn: Any) -> None:
+        if accounts.get_domain(conn, domain) is None:
+            accounts.add_domain(conn, domain)
+        accounts.add_account(conn, admin, pw_hash, is_admin=True)
+
+    store.write_sync(txn)
+
+
+def _ensure_dkim(store: Store, domain: str) -> None:
+    try:
+        from .outbound import dkimkeys  # the signing keys live with outbound mail
+    except ImportError:
+        return
+    store.ensure_schema()
+    dkimkeys.ensure_keys(store, domain)
+
+
+def dns_records(cfg: Config, store: Store, domain: str) -> list[tuple[str, str, str]]:
     """(name, type, value) of every record to publish for domain."""
     host = cfg.server.hostname
     records = [
@@ -64,21 +75,21 @@ def dns_records(cfg: Config, domain: str) -> list[tuple[str, str, str]]:
         (f"{domain}.", "TXT", '"v=spf1 mx -all"'),
         (f"_dmarc.{domain}.", "TXT", f'"v=DMARC1; p=quarantine; rua=mailto:postmaster@{domain}"'),
     ]
-    records += dkim_records(cfg, domain)
+    records += dkim_records(store, domain)
     return records
 
 
-def dkim_records(cfg: Config, domain: str) -> list[tuple[str, str, str]]:
+def dkim_records(store: Store, domain: str) -> list[tuple[str, str, str]]:
     try:
-        from .outbound import dkimkeys  # the signing keys live with outbound mail
+        from .outbound import dkimkeys
     except ImportError:
         return []
-    return dkimkeys.dns_records(cfg, domain)
+    return dkimkeys.dns_records(store, domain)
 
 
-def dns_records_text(cfg: Config, domain: str) -> str:
+def dns_records_text(cfg: Config, store: Store, domain: str) -> str:
     return "\n".join(f"{name:<32} IN {rtype:<5} {value}"
-                     for name, rtype, value in dns_records(cfg, domain))
+                     for name, rtype, value in dns_records(cfg, store, domain))
 
 
 # -- demo ---------------------------------------------------------------------------

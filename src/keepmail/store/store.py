@@ -66,6 +66,10 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
+    def ensure_schema(self) -> None:
+        """Migrate components whose modules registered after this store opened."""
+        migrate(self.db_path)
+
     # -- generic access -----------------------------------------------------
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await self.db.write(fn)

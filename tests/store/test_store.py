@@ -1,0 +1,106 @@
+"""Schema migrations, group commit, UIDs/MODSEQ, flags and mailbox operations."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from keepmail.store import Copy, Store, accounts, migrations
+from keepmail.store import mail as mailq
+from keepmail.store.accounts import StoreError
+from keepmail.store.db import connect
+
+
+def test_migrations_are_versioned_and_idempotent(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    store.close()
+    conn = connect(tmp_path / "keepmail.db")
+    first = dict(conn.execute("SELECT component, version FROM schema_versions").fetchall())
+    assert first["core"] >= 1 and first["blobs"] >= 1
+    assert migrations.migrate(conn) == first  # nothing left to do
+    conn.execute("UPDATE schema_versions SET version = 99 WHERE component = 'core'")
+    with pytest.raises(RuntimeError, match="newer than this keepmail"):
+        migrations.migrate(conn)
+    conn.close()
+
+
+def test_group_commit_shares_fsyncs(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+
+    async def many() -> None:
+        await asyncio.gather(*[store.write(lambda c, i=i: c.execute(
+            "INSERT INTO counters(name, value) VALUES (?, 1)", (f"c{i}",))) for i in range(300)])
+
+    asyncio.run(many())
+    assert store.db.writes >= 300
+    assert store.db.commits < store.db.writes / 3
+    store.close()
+
+
+def test_failed_write_does_not_undo_its_batch_neighbours(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+
+    async def batch() -> list[object]:
+        jobs = [store.write(lambda c: accounts.add_domain(c, "a.test")),
+                store.write(lambda c: accounts.add_domain(c, "a.test")),  # duplicate
+                store.write(lambda c: accounts.add_domain(c, "b.test"))]
+        return await asyncio.gather(*jobs, return_exceptions=True)
+
+    results = asyncio.run(batch())
+    assert isinstance(results[1], StoreError)
+    names = [d.name for d in store.read_now(accounts.list_domains)]
+    assert names == ["a.test", "b.test"]
+    store.close()
+
+
+def test_accounts_get_special_use_mailboxes(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    def txn(c: sqlite3.Connection) -> list[tuple[str, str | None]]:
+        accounts.add_domain(c, "example.test")
+        acct = accounts.add_account(c, "Ann@Example.Test", "x")
+        return [(b.name, b.role) for b in mailq.list_mailboxes(c, acct.id)]
+    boxes = store.write_sync(txn)
+    assert ("INBOX", "inbox") in boxes and ("Junk", "junk") in boxes and ("Sent", "sent") in boxes
+    assert store.read_now(lambda c: accounts.get_account(c, "ann@example.test")) is not None
+    with pytest.raises(StoreError, match="add it first"):
+        store.write_sync(lambda c: accounts.add_account(c, "x@nowhere.test", "x"))
+    store.close()
+
+
+def test_modseq_flags_copy_expunge_and_rename(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    def setup(c: sqlite3.Connection) -> tuple[int, int, int]:
+        accounts.add_domain(c, "example.test")
+        acct = accounts.add_account(c, "bob@example.test", "x")
+        inbox = mailq.get_mailbox(c, acct.id, "INBOX")
+        work = mailq.create_mailbox(c, acct.id, "Work")
+        mailq.create_mailbox(c, acct.id, "Work/2026")
+        assert inbox is not None
+        return acct.id, inbox.id, work.id
+    acct_id, inbox_id, work_id = store.write_sync(setup)
+    for _ in range(3):
+        asyncio.run(store.deliver(b"Subject: x\r\n\r\nx\r\n", [Copy(acct_id, inbox_id, "INBOX")]))
+    before = store.read_now(lambda c: mailq.get_mailbox_by_id(c, inbox_id)).highestmodseq
+    changed, failed = store.write_sync(lambda c: mailq.store_flags(
+        c, inbox_id, [1, 2], ["\\Seen"], "add", unchangedsince=before))
+    assert [m.uid for m in changed] == [1, 2] and not failed
+    _, failed = store.write_sync(lambda c: mailq.store_flags(
+        c, inbox_id, [1], ["\\Flagged"], "add", unchangedsince=before))
+    assert failed == [1], "UNCHANGEDSINCE must refuse a message changed since"
+    pairs = store.write_sync(lambda c: mailq.copy_messages(c, inbox_id, [2, 3], work_id))
+    assert pairs == [(2, 1), (3, 2)]
+    assert store.write_sync(lambda c: mailq.expunge(c, inbox_id, [2])) == [2]
+    changed, gone = store.read_now(lambda c: mailq.changes_since(c, inbox_id, before))
+    assert gone == [2] and {m.uid for m in changed} == {1}
+    store.write_sync(lambda c: mailq.rename_mailbox(c, acct_id, "Work", "Jobs"))
+    names = [b.name for b in store.read_now(lambda c: mailq.list_mailboxes(c, acct_id))]
+    assert "Jobs" in names and "Jobs/2026" in names and "Work" not in names
+    store.write_sync(lambda c: mailq.rename_mailbox(c, acct_id, "INBOX", "Old"))
+    old = store.read_now(lambda c: mailq.get_mailbox(c, acct_id, "Old"))
+    assert old is not None
+    assert len(store.read_now(lambda c: mailq.list_messages(c, old.id))) == 2
+    assert store.read_now(lambda c: mailq.list_messages(c, inbox_id)) == []
+    store.close()
