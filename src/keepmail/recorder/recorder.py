@@ -177,8 +177,9 @@ def _merge_summary(conn: sqlite3.Connection, trace_id: str, fields: dict[str, An
     changes = {k: fields[k] for k in SUMMARY_FIELDS if k in fields and k != "rcpts"}
     added = fields.get("rcpts_add")
     if added:
-        existing = [r for r in (current.get("rcpts") or "").split(" ") if r]
-        changes["rcpts"] = " ".join(existing + [r for r in added if r not in existing])
+        merged = [r for r in (current.get("rcpts") or "").split(" ") if r]
+        merged += [r for r in added if r]
+        changes["rcpts"] = " ".join(dict.fromkeys(merged))  # ordered, without repeats
     current.update(changes)
     if row is None:
         columns = [c for c in current if c != "n"]
