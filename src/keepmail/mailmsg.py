@@ -21,21 +21,35 @@ def header_block(raw: bytes) -> bytes:
     return raw[:end + 4]
 
 
-def _pattern(name: str) -> re.Pattern[bytes]:
-    pat = _FIELD_CACHE.get(name)
-    if pat is None:
-        pat = re.compile(rb"(?im)^" + re.escape(name.encode()) + rb"[ \t]*:(.*(?:\r?\n[ \t].*)*)")
-        _FIELD_CACHE[name] = pat
-    return pat
-
-
 def raw_header(raw: bytes, name: str, headers: bytes | None = None) -> bytes | None:
     """The first field's value, unfolded, undecoded; None when absent."""
     block = header_block(raw) if headers is None else headers
-    match = _pattern(name).search(block)
-    if match is None:
-        return None
-    return re.sub(rb"\r?\n[ \t]", b" ", match.group(1)).strip()
+    lowered = b"\n" + block.lower()
+    key = b"\n" + name.lower().encode() + b":"
+    pos = lowered.find(key)
+    if pos < 0:
+        match = _loose_pattern(name).search(block)  # "Name :" with blanks before the colon
+        if match is None:
+            return None
+        start = match.end()
+    else:
+        start = pos + len(key) - 1  # -1: the "\n" we prepended
+    end = start
+    while True:  # the value runs on over folded continuation lines
+        nl = block.find(b"\n", end)
+        if nl < 0 or nl + 1 >= len(block) or block[nl + 1] not in (0x20, 0x09):
+            end = len(block) if nl < 0 else nl
+            break
+        end = nl + 1
+    return re.sub(rb"\r?\n[ \t]", b" ", block[start:end]).strip()
+
+
+def _loose_pattern(name: str) -> re.Pattern[bytes]:
+    pat = _FIELD_CACHE.get(name)
+    if pat is None:
+        pat = re.compile(rb"(?im)^" + re.escape(name.encode()) + rb"[ \t]+:")
+        _FIELD_CACHE[name] = pat
+    return pat
 
 
 def header(raw: bytes, name: str, headers: bytes | None = None) -> str | None:

@@ -15,13 +15,14 @@ Losing the last fraction of a second of events in a power cut is accepted
 from __future__ import annotations
 
 import json
-import secrets
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .. import ids
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS traces (
@@ -53,7 +54,6 @@ CREATE TABLE IF NOT EXISTS events (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_trace ON events(trace_id, id);
-CREATE INDEX IF NOT EXISTS events_ts ON events(ts);
 -- rowid = traces.n, so a trace's text is replaced by rowid, not by a scan.
 CREATE VIRTUAL TABLE IF NOT EXISTS traces_fts USING fts5(body);
 """
@@ -63,16 +63,24 @@ SUMMARY_FIELDS = ("kind", "parent", "ip", "helo", "account", "mail_from", "rcpts
                   "message_id", "subject", "status", "detail", "ended")
 
 FLUSH_INTERVAL = 0.2
+# One encoder instance: json.dumps with non-default options builds a new one per call.
+_JSON = json.JSONEncoder(default=str, ensure_ascii=False)
 
 
 def new_trace_id() -> str:
     """Short, unique, URL- and header-safe."""
-    return secrets.token_hex(8)
+    return ids.token_hex(8)
+
+
+# A trace's summary is written once it ends, or after this many seconds for
+# long-lived traces: one row write and one full-text update per message
+# instead of one per SMTP command.
+HOLD_SECONDS = 2.0
 
 
 @dataclass
 class _Pending:
-    events: list[tuple[str, float, str, str]] = field(default_factory=list)
+    events: list[tuple[str, float, str, dict[str, Any]]] = field(default_factory=list)
     summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -87,6 +95,7 @@ class Recorder:
         self._conn.executescript(SCHEMA)
         self._lock = threading.Lock()
         self._pending = _Pending()
+        self._held: dict[str, dict[str, Any]] = {}  # summaries not yet due (flush thread only)
         self._wake = threading.Event()
         self._stop = False
         self._thread = threading.Thread(target=self._flush_loop, name="recorder", daemon=True)
@@ -99,38 +108,51 @@ class Recorder:
         return trace_id
 
     def event(self, trace_id: str, kind: str, **data: Any) -> None:
-        payload = json.dumps(data, default=str, ensure_ascii=False)
+        # Serialized later by the flush thread, off the event loop's path.
         with self._lock:
-            self._pending.events.append((trace_id, time.time(), kind, payload))
+            self._pending.events.append((trace_id, time.time(), kind, data))
 
     def update(self, trace_id: str, **summary: Any) -> None:
         with self._lock:
-            current = self._pending.summaries.setdefault(trace_id, {})
-            for key, value in summary.items():
-                if key == "rcpts":
-                    current.setdefault("rcpts_add", []).extend(
-                        value if isinstance(value, list) else [value])
-                else:
-                    current[key] = value
+            _merge_fields(self._pending.summaries.setdefault(trace_id, {}), summary)
 
     # -- writing ---------------------------------------------------------------
     def _flush_loop(self) -> None:
         while not self._stop:
             self._wake.wait(FLUSH_INTERVAL)
             self._wake.clear()
-            self.flush()
+            self.flush(everything=False)
 
-    def flush(self) -> None:
+    def flush(self, everything: bool = True) -> None:
+        """Write pending events and the summaries that are due (all of them by default)."""
         with self._lock:
             pending, self._pending = self._pending, _Pending()
-        if not pending.events and not pending.summaries:
+        due = self._due(pending.summaries, everything)
+        if not pending.events and not due:
             return
+        encode = _JSON.encode
+        rows = [(t, ts, kind, encode(data)) for t, ts, kind, data in pending.events]
         conn = self._conn
         with _transaction(conn):
             conn.executemany("INSERT INTO events(trace_id, ts, kind, data) VALUES (?, ?, ?, ?)",
-                             pending.events)
-            for trace_id, fields in pending.summaries.items():
+                             rows)
+            for trace_id, fields in due.items():
                 _merge_summary(conn, trace_id, fields)
+
+    def _due(self, fresh: dict[str, dict[str, Any]], everything: bool) -> dict[str, dict[str, Any]]:
+        now = time.time()
+        for trace_id, fields in fresh.items():
+            held = self._held.get(trace_id)
+            if held is None:
+                fields["_since"] = now
+                self._held[trace_id] = fields
+            else:
+                _merge_fields(held, fields)
+        due = {t: f for t, f in self._held.items()
+               if everything or "ended" in f or now - f["_since"] >= HOLD_SECONDS}
+        for trace_id in due:
+            del self._held[trace_id]
+        return due
 
     def close(self) -> None:
         self._stop = True
@@ -149,9 +171,10 @@ class Recorder:
             for start in range(0, len(old), 500):
                 part = old[start:start + 500]
                 marks = ",".join("?" * len(part))
+                self._conn.execute(f"DELETE FROM events WHERE trace_id IN"
+                                   f" (SELECT id FROM traces WHERE n IN ({marks}))", part)
                 self._conn.execute(f"DELETE FROM traces_fts WHERE rowid IN ({marks})", part)
                 self._conn.execute(f"DELETE FROM traces WHERE n IN ({marks})", part)
-            self._conn.execute("DELETE FROM events WHERE ts < ?", (cutoff,))
         return len(old)
 
 
@@ -168,6 +191,17 @@ class _transaction:
 
 _FTS_FIELDS = ("mail_from", "rcpts", "subject", "message_id", "ip", "helo", "account", "status",
                "detail")
+
+
+def _merge_fields(current: dict[str, Any], summary: dict[str, Any]) -> None:
+    for key, value in summary.items():
+        if key == "rcpts":
+            current.setdefault("rcpts_add", []).extend(
+                value if isinstance(value, list) else [value])
+        elif key == "rcpts_add":
+            current.setdefault("rcpts_add", []).extend(value)
+        elif key != "_since" or key not in current:
+            current[key] = value
 
 
 def _merge_summary(conn: sqlite3.Connection, trace_id: str, fields: dict[str, Any]) -> None:

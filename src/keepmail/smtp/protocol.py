@@ -69,6 +69,8 @@ class SmtpConnection:
         self.deadline = 0.0
         self.shutting_down = False
         self._out: list[bytes] = []
+        # The command awaiting its reply: recorded together as one event.
+        self._cmd: tuple[str, float] | None = None
         self._bdat: list[bytes] | None = None
         self._bdat_size = 0
         self._commands: dict[str, Callable[[str], Awaitable[None]]] = {
@@ -83,13 +85,23 @@ class SmtpConnection:
     async def send(self, rep: Reply, *, record: bool = True) -> None:
         self._out.append(rep.render())
         if record:
-            self.session.record("reply", code=rep.code, text=str(rep))
+            self._record_reply(rep)
         # PIPELINING: hold replies while another complete command is waiting,
         # so a pipelined batch is answered with one write.
         if rep.close or b"\n" not in self._buffered():
             await self.flush()
         if rep.close:
             raise _Closed()
+
+    def _record_reply(self, rep: Reply) -> None:
+        text = str(rep).replace("\n", " | ")
+        if self._cmd is None:
+            self.session.record("reply", reply=text)
+            return
+        line, started = self._cmd
+        self._cmd = None
+        self.session.record("smtp", cmd=line, reply=text,
+                            ms=round((time.monotonic() - started) * 1000, 2))
 
     def _buffered(self) -> bytes | bytearray:
         # StreamReader has no public peek; its buffer is the only way to know
@@ -198,13 +210,12 @@ class SmtpConnection:
 
     async def _dispatch(self, line: str) -> None:
         if line == "\0toolong":
-            self.session.record("command", line="(over-long line)")
+            self._cmd = ("(over-long line)", time.monotonic())
             await self._error(R.LINE_TOO_LONG)
             return
         verb, _, arg = line.partition(" ")
         verb = verb.upper()
-        if verb != "MAIL":  # MAIL is recorded in its message's own trace
-            self.session.record("command", line=_redact(verb, line))
+        self._cmd = (_redact(verb, line), time.monotonic())
         if verb in ("GET", "POST", "HEAD", "PUT", "CONNECT") and "HTTP/" in arg:
             # Cross-protocol request (a browser tricked into talking to us).
             await self.send(r(421, "5.7.0", "This is an SMTP server, not HTTP", close=True))
@@ -401,14 +412,12 @@ class SmtpConnection:
         try:
             sender, params = parse_path_and_params(arg, "FROM")
         except PathError as exc:
-            s.record("command", line=f"MAIL {arg}")
             await self._error(r(501, "5.1.7", str(exc)))
             return
         problem = self._mail_params(params)
         if problem is None and "SMTPUTF8" not in params and not sender.address.isascii():
             problem = r(553, "5.6.7", "Non-ASCII address requires SMTPUTF8")
         if problem is not None:
-            s.record("command", line=f"MAIL {arg}")
             await self._error(problem)
             return
         trace = s.recorder.new_trace("message", parent=s.trace_id, ip=s.peer_ip, helo=s.helo,
@@ -417,11 +426,12 @@ class SmtpConnection:
         env = Envelope(trace, sender, params, smtputf8="SMTPUTF8" in params,
                        body_8bit=params.get("BODY", "").upper() == "8BITMIME")
         s.envelope = env
-        s.record("command", line=f"MAIL {arg}")
         refusal = await h.mail(s, env)
         if refusal is not None and refusal.code >= 400:
-            self._abandon(str(refusal))
-            await self._error(refusal)
+            try:
+                await self._error(refusal)  # recorded in the message's own trace
+            finally:
+                self._abandon(str(refusal))
             return
         await self.send(refusal or R.SENDER_OK)
 
@@ -491,6 +501,7 @@ class SmtpConnection:
             content = await read_data(self.reader, self.limits.max_message_size)
         finally:
             self.deadline = 0.0
+        self._cmd = ("(message data)", time.monotonic())
         await self._complete(content.message, content.problem, content.size)
 
     async def cmd_bdat(self, arg: str) -> None:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from .. import ids
+
 CHUNK_SIZE = 256 * 1024
 NONCE_SIZE = 12
 
@@ -90,12 +92,12 @@ class BlobCipher:
         self._aead = AESGCM(key)
 
     def seal(self, data: bytes) -> SealedBlob:
-        blob_id = secrets.randbits(62) + 1
+        blob_id = ids.randbits(62) + 1
         count = max(1, -(-len(data) // CHUNK_SIZE))
         chunks = []
         for idx in range(count):
             part = data[idx * CHUNK_SIZE:(idx + 1) * CHUNK_SIZE]
-            nonce = secrets.token_bytes(NONCE_SIZE)
+            nonce = ids.random_bytes(NONCE_SIZE)
             aad = _aad(blob_id, idx, idx == count - 1)
             chunks.append(nonce + self._aead.encrypt(nonce, part, aad))
         return SealedBlob(blob_id, len(data), chunks)
