@@ -23,9 +23,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 
 def keepmail_run(tmp: Path, args: argparse.Namespace) -> tuple[float, int]:
-    from tests.support.server import add_users, free_port_offset, write_config
-
     from keepmail import config as configmod
+    from tests.support.server import add_users, free_port_offset, write_config
 
     path = write_config(tmp, extra={"smtp": {"max_connections_per_ip": 1000},
                                     "ports": {"submission": 0, "submissions": 0, "imap": 0,
