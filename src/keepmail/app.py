@@ -16,8 +16,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .config import Config
-from .inbound.mx import MxHandler
+from .inbound.defenses import Greylister, GreylistPolicy
+from .inbound.mx import MxHandler, MxPolicy
+from .inbound.quarantine import quarantine
 from .inbound.verdict import Thresholds
+from .maintenance import Maintenance
 from .recorder import Recorder
 from .smtp.protocol import Limits
 from .smtp.server import ListenerConfig, SmtpServer
@@ -78,14 +81,29 @@ class App:
 
     def build(self) -> None:
         cfg = self.config
-        spam = cfg.spam
-        thresholds = Thresholds(spam.junk_score, spam.quarantine_score, spam.reject_score)
+        self.add("maintenance", 0, Maintenance(cfg, self.store, self.recorder))
         mx_port = cfg.port("smtp", self.port_offset)
         if mx_port:
-            handler = MxHandler(self.store, thresholds=thresholds)
             self.add("smtp", mx_port, SmtpServer(
-                self._listener("mx", mx_port), handler, hostname=cfg.server.hostname,
+                self._listener("mx", mx_port), self.mx_handler(), hostname=cfg.server.hostname,
                 recorder=self.recorder, tls_context=self.tls_context))
+
+    def mx_handler(self) -> MxHandler:
+        cfg = self.config
+        spam, inbound = cfg.spam, cfg.inbound
+        domains = {d.name for d in self.store.read_now(accounts.list_domains)}
+        policy = MxPolicy(
+            thresholds=Thresholds(spam.junk_score, spam.quarantine_score, spam.reject_score),
+            our_names={cfg.server.hostname.lower(), *domains},
+            our_ips={ip for ip in cfg.server.listen if ip not in ("0.0.0.0", "::")},
+            greet_delay=inbound.greet_delay,
+            connections_per_minute=inbound.max_connections_per_minute,
+            messages_per_minute=inbound.max_messages_per_minute)
+        greylister = Greylister(self.store, GreylistPolicy(
+            enabled=inbound.greylisting, min_score=inbound.greylist_min_score,
+            delay=inbound.greylist_delay))
+        return MxHandler(self.store, policy=policy, greylister=greylister,
+                         quarantiner=lambda ctx: quarantine(self.store, ctx))
 
     def add(self, name: str, port: int, service: Service) -> None:
         self.services.append((name, port, service))
@@ -96,8 +114,9 @@ class App:
             self.build()
         for name, port, service in self.services:
             await service.start()
-            log.info("%s listening on %s port %d", name, ",".join(self.config.server.listen),
-                     port)
+            if port:
+                log.info("%s listening on %s port %d", name,
+                         ",".join(self.config.server.listen), port)
 
     async def stop(self) -> None:
         for _name, _port, service in reversed(self.services):

@@ -320,6 +320,77 @@ def alias_del(config_path: Path, address: str, target: str | None) -> None:
     click.echo(f"deleted alias {address}" + (f" -> {target}" if target else ""))
 
 
+# -- quarantine ------------------------------------------------------------------
+@main.group()
+def quarantine() -> None:
+    """Messages held back as probable spam: look, release or delete."""
+
+
+@quarantine.command("list")
+@config_option
+@click.option("--all", "include_released", is_flag=True, help="Include released messages.")
+def quarantine_list(config_path: Path, include_released: bool) -> None:
+    from .store import quarantine as qstore
+
+    for e in with_store(config_path, lambda c: qstore.list_entries(
+            c, include_released=include_released)):
+        state = f"released {_when(e.released)}" if e.released else "held"
+        click.echo(f"{e.id:>6}  {_when(e.created)}  {state:<8} {e.sender or '<>'}  "
+                   f"{e.subject[:60]}  [{e.verdict}]")
+
+
+@quarantine.command("show")
+@config_option
+@click.argument("entry_id", type=int)
+@click.option("--raw", is_flag=True, help="Print the whole message.")
+def quarantine_show(config_path: Path, entry_id: int, raw: bool) -> None:
+    from .store import quarantine as qstore
+
+    store = open_store(load_config(config_path))
+    try:
+        entry = store.read_now(lambda c: qstore.get(c, entry_id))
+        if entry is None:
+            raise click.ClickException(f"no quarantined message {entry_id}")
+        click.echo(f"from: {entry.sender}\nsubject: {entry.subject}\n"
+                   f"message-id: {entry.message_id}\nclient: {entry.client_ip}\n"
+                   f"trace: {entry.trace_id}\nverdict: {entry.verdict}")
+        for reason in entry.reasons:
+            click.echo(f"  {reason.get('rule')}: {reason.get('points')}  {reason.get('reason')}")
+        if raw and entry.released is None:
+            click.echo("")
+            click.echo(store.read_blob_now(entry.blob_id).decode("utf-8", "replace"))
+    finally:
+        store.close()
+
+
+@quarantine.command("release")
+@config_option
+@click.argument("entry_id", type=int)
+def quarantine_release(config_path: Path, entry_id: int) -> None:
+    """Deliver to the recipients' Inboxes (and learn that it was not spam)."""
+    from .inbound.quarantine import QuarantineError, release
+
+    store = open_store(load_config(config_path))
+    try:
+        accounts_done = asyncio.run(release(store, entry_id, by="cli"))
+    except QuarantineError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        store.close()
+    click.echo(f"released {entry_id} to {len(accounts_done)} mailbox(es)")
+
+
+@quarantine.command("delete")
+@config_option
+@click.argument("entry_id", type=int)
+def quarantine_delete(config_path: Path, entry_id: int) -> None:
+    from .store import quarantine as qstore
+
+    if not with_store(config_path, lambda c: qstore.delete(c, entry_id)):
+        raise click.ClickException(f"no quarantined message {entry_id}")
+    click.echo(f"deleted {entry_id}")
+
+
 # -- flight recorder ---------------------------------------------------------------
 @main.group()
 def log() -> None:

@@ -93,6 +93,31 @@ class SpamSection:
 
 
 @dataclass
+class InboundSection:
+    greet_delay: float = opt(0.0, "Seconds to wait before the SMTP greeting; a client that "
+                             "talks first (an early talker, typical of spam engines) is "
+                             "refused. 0 turns the test off; 2 to 5 is usual when on.")
+    max_connections_per_minute: int = opt(60, "New SMTP connections one IP may open per "
+                                          "minute on the MX (0: no limit).")
+    max_messages_per_minute: int = opt(120, "Messages one IP may send per minute to the MX "
+                                       "(0: no limit).")
+    greylisting: bool = opt(True, "Delay suspicious first contacts with a temporary failure "
+                            "(real servers retry, most spam engines do not).")
+    greylist_min_score: float = opt(2.0, "Only first contacts scoring at least this much "
+                                    "(before content checks) are greylisted; 0 greylists "
+                                    "every new sender.")
+    greylist_delay: float = opt(300.0, "Seconds before a greylisted retry is accepted.")
+    dnsbl_zones: list[str] = opt(list, "DNS block lists to query, e.g. "
+                                 '["zen.spamhaus.org"]. Empty by default: keepmail contacts '
+                                 "no third party unless you say so.", factory=True)
+    dnswl_zones: list[str] = opt(list, "DNS allow lists to query (a listing lowers the "
+                                 "score).", factory=True)
+    quarantine_days: float = opt(30.0, "Days quarantined messages are kept before deletion.")
+    authserv_id: str = opt("", "Name in Authentication-Results headers; empty: the "
+                           "server hostname.")
+
+
+@dataclass
 class Config:
     server: ServerSection = field(default_factory=ServerSection)
     ports: PortsSection = field(default_factory=PortsSection)
@@ -101,6 +126,7 @@ class Config:
     dns: DnsSection = field(default_factory=DnsSection)
     recorder: RecorderSection = field(default_factory=RecorderSection)
     spam: SpamSection = field(default_factory=SpamSection)
+    inbound: InboundSection = field(default_factory=InboundSection)
     path: Path = field(default=Path("keepmail.toml"), metadata={"internal": True})
 
     # -- derived paths --------------------------------------------------------

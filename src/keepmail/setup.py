@@ -134,7 +134,7 @@ def _demo_users(cfg: Config) -> dict[str, str]:
 
 
 def demo_text(app: Any, users: dict[str, str]) -> str:
-    ports = {name: port for name, port, _ in app.services}
+    ports = {name: port for name, port, _ in app.services if port}
     cfg: Config = app.config
     alice, bob = list(users)
     mx = ports.get("smtp", 0)

@@ -66,9 +66,12 @@ def free_port_offset(host: str = "127.0.0.1") -> int:
 
 def write_config(directory: Path, *, host: str = "127.0.0.1", domains: list[str] | None = None,
                  extra: dict[str, dict[str, Any]] | None = None) -> Path:
-    overrides: dict[str, dict[str, Any]] = {"server": {
-        "hostname": "mx.example.test", "data_dir": "data", "listen": [host],
-        "domains": domains or ["example.test"]}}
+    overrides: dict[str, dict[str, Any]] = {
+        "server": {"hostname": "mx.example.test", "data_dir": "data", "listen": [host],
+                   "domains": domains or ["example.test"]},
+        # Tests send a lot from one address; the tests of these limits turn them on.
+        "inbound": {"max_connections_per_minute": 0, "max_messages_per_minute": 0,
+                    "greylisting": False}}
     for section, values in (extra or {}).items():
         overrides.setdefault(section, {}).update(values)
     path = directory / "keepmail.toml"

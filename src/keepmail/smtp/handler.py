@@ -107,6 +107,10 @@ class Handler:
     async def connect(self, session: Session) -> Reply | None:
         return None
 
+    async def early_talker(self, session: Session) -> Reply | None:
+        """The client sent data before our greeting (after connect() returned)."""
+        return None
+
     async def helo(self, session: Session, name: str) -> Reply | None:
         return None
 

@@ -135,10 +135,11 @@ class SmtpConnection:
 
     async def _greet(self) -> None:
         s = self.session
-        if self._buffered():
+        refusal = await self.handler.connect(s)  # may pause to catch early talkers
+        if refusal is None and self._buffered():
             s.early_talker = True
-            s.record("early-talker")
-        refusal = await self.handler.connect(s)
+            s.record("early-talker", bytes=len(self._buffered()))
+            refusal = await self.handler.early_talker(s)
         if refusal is not None:
             await self.send(refusal)
             if refusal.code >= 400:
