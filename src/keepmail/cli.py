@@ -492,5 +492,17 @@ def log_prune(config_path: Path) -> None:
         rec.close()
 
 
+def _add_package_commands() -> None:
+    """Command groups defined next to the code they drive."""
+    from .abuse.commands import abuse, account
+    from .outbound.commands import dkim, queue
+    from .spam.commands import spam
+
+    for group in (queue, dkim, spam, abuse, account):
+        main.add_command(group)
+
+
+_add_package_commands()
+
 if __name__ == "__main__":
     main()

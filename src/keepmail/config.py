@@ -26,9 +26,16 @@ class ConfigError(Exception):
 
 
 def opt(default: Any, help: str, *, factory: bool = False) -> Any:
+    """A config field with its help text (the packages' own sections use this too)."""
     if factory:
         return field(default_factory=default, metadata={"help": help})
     return field(default=default, metadata={"help": help})
+
+
+# Sections defined next to the code they configure; they import `opt` from here,
+# which is why these imports follow its definition.
+from .abuse.settings import AbuseSection  # noqa: E402
+from .outbound.settings import OutboundSection  # noqa: E402
 
 
 @dataclass
@@ -127,6 +134,8 @@ class Config:
     recorder: RecorderSection = field(default_factory=RecorderSection)
     spam: SpamSection = field(default_factory=SpamSection)
     inbound: InboundSection = field(default_factory=InboundSection)
+    outbound: OutboundSection = field(default_factory=OutboundSection)
+    abuse: AbuseSection = field(default_factory=AbuseSection)
     path: Path = field(default=Path("keepmail.toml"), metadata={"internal": True})
 
     # -- derived paths --------------------------------------------------------
