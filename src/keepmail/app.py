@@ -15,7 +15,10 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from .cache import TtlCache
 from .config import Config
+from .dnsx.resolver import Resolver
+from .inbound.authchecks import AuthChecks
 from .inbound.defenses import Greylister, GreylistPolicy
 from .inbound.mx import MxHandler, MxPolicy
 from .inbound.quarantine import quarantine
@@ -53,6 +56,8 @@ class App:
         self.authenticator = Authenticator(self.store)
         self.tls_files = self._tls_files()
         self.tls_context = server_context(self.tls_files)
+        self.resolver = Resolver(cfg.dns.nameservers or None, timeout=cfg.dns.timeout)
+        self._local_domains: TtlCache[str, bool] = TtlCache()
         self._ensure_domains()
 
     def _tls_files(self) -> CertFiles:
@@ -102,8 +107,18 @@ class App:
         greylister = Greylister(self.store, GreylistPolicy(
             enabled=inbound.greylisting, min_score=inbound.greylist_min_score,
             delay=inbound.greylist_delay))
+        auth = AuthChecks(self.resolver, authserv_id=inbound.authserv_id or cfg.server.hostname,
+                          is_local_domain=self.is_local_domain,
+                          block_lists=inbound.dnsbl_zones, allow_lists=inbound.dnswl_zones)
         return MxHandler(self.store, policy=policy, greylister=greylister,
+                         envelope_checks=[auth.envelope], checks=[auth.message],
+                         forwarder=getattr(self, "forwarder", None),
                          quarantiner=lambda ctx: quarantine(self.store, ctx))
+
+    def is_local_domain(self, domain: str) -> bool:
+        name = domain.lower().rstrip(".")
+        return self._local_domains.get(name, lambda: self.store.read_now(
+            lambda c: accounts.get_domain(c, name)) is not None)
 
     def add(self, name: str, port: int, service: Service) -> None:
         self.services.append((name, port, service))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.server import ServerProcess, free_port_offset
+from tests.support.server import ServerProcess, free_port_offset, shared_dns
 
 
 def km(*args: str, stdin: str | None = None, ok: bool = True) -> subprocess.CompletedProcess[str]:
@@ -108,6 +108,8 @@ def test_log_search_and_show_after_delivery(initialized: Path) -> None:
     cfg = ["--config", str(initialized)]
     km("user", "add", *cfg, "bob@example.org", "--password-stdin", stdin="long enough pw\n")
     text = initialized.read_text().replace('listen = ["0.0.0.0"]', 'listen = ["127.0.0.1"]')
+    text = text.replace("greylisting = true", "greylisting = false").replace(
+        "nameservers = []", f'nameservers = ["{shared_dns().nameserver}"]')
     initialized.write_text(text)
     server = ServerProcess(initialized, free_port_offset()).start()
     try:

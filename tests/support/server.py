@@ -64,6 +64,22 @@ def free_port_offset(host: str = "127.0.0.1") -> int:
     raise RuntimeError("no free port offset")
 
 
+_shared_dns: Any = None
+
+
+def shared_dns() -> Any:
+    """One loopback DNS server per test process; tests add the zones they need.
+
+    Tests never ask the machine's own resolver: every name they look up is
+    served here (unknown names get NXDOMAIN at once).
+    """
+    global _shared_dns
+    if _shared_dns is None:
+        from tests.support.dnsserver import DnsServer
+        _shared_dns = DnsServer(host="127.0.0.53").start()
+    return _shared_dns
+
+
 def write_config(directory: Path, *, host: str = "127.0.0.1", domains: list[str] | None = None,
                  extra: dict[str, dict[str, Any]] | None = None) -> Path:
     overrides: dict[str, dict[str, Any]] = {
@@ -71,7 +87,8 @@ def write_config(directory: Path, *, host: str = "127.0.0.1", domains: list[str]
                    "domains": domains or ["example.test"]},
         # Tests send a lot from one address; the tests of these limits turn them on.
         "inbound": {"max_connections_per_minute": 0, "max_messages_per_minute": 0,
-                    "greylisting": False}}
+                    "greylisting": False},
+        "dns": {"nameservers": [shared_dns().nameserver], "timeout": 2.0}}
     for section, values in (extra or {}).items():
         overrides.setdefault(section, {}).update(values)
     path = directory / "keepmail.toml"
