@@ -1,0 +1,3 @@
+"""Fixtures for tests/dnsx: the loopback DNS server."""
+
+from tests.support.dns_fixture import dns_server  # noqa: F401  (pytest fixture)
