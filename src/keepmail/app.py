@@ -13,11 +13,12 @@ import logging
 import signal
 import ssl
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from .cache import TtlCache
 from .config import Config
 from .dnsx.resolver import Resolver
+from .imap.server import ImapConfig, ImapServer
 from .inbound.authchecks import AuthChecks
 from .inbound.defenses import Greylister, GreylistPolicy
 from .inbound.mx import MxHandler, MxPolicy
@@ -48,6 +49,7 @@ class App:
     authenticator: Authenticator = field(init=False)
     tls_context: ssl.SSLContext = field(init=False)
     services: list[tuple[str, int, Service]] = field(default_factory=list)
+    auth_guard: Any = None   # keepmail.abuse AuthGuard once built
 
     def __post_init__(self) -> None:
         cfg = self.config
@@ -92,6 +94,19 @@ class App:
             self.add("smtp", mx_port, SmtpServer(
                 self._listener("mx", mx_port), self.mx_handler(), hostname=cfg.server.hostname,
                 recorder=self.recorder, tls_context=self.tls_context))
+        self._build_imap()
+
+    def _build_imap(self) -> None:
+        cfg = self.config
+        imap_config = ImapConfig(hostname=cfg.server.hostname)
+        for name, implicit in (("imap", False), ("imaps", True)):
+            port = cfg.port(name, self.port_offset)
+            if port:
+                server = ImapServer(self.store, self.authenticator, self.tls_context,
+                                    cfg.server.listen, port, implicit, recorder=self.recorder,
+                                    config=imap_config)
+                server.auth_guard = self.auth_guard
+                self.add(name, port, server)
 
     def mx_handler(self) -> MxHandler:
         cfg = self.config
