@@ -125,8 +125,10 @@ class App:
         auth = AuthChecks(self.resolver, authserv_id=inbound.authserv_id or cfg.server.hostname,
                           is_local_domain=self.is_local_domain,
                           block_lists=inbound.dnsbl_zones, allow_lists=inbound.dnswl_zones)
+        on = inbound.sender_checks
         return MxHandler(self.store, policy=policy, greylister=greylister,
-                         envelope_checks=[auth.envelope], checks=[auth.message],
+                         envelope_checks=[auth.envelope] if on else [],
+                         checks=[auth.message] if on else [],
                          forwarder=getattr(self, "forwarder", None),
                          quarantiner=lambda ctx: quarantine(self.store, ctx))
 

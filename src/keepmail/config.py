@@ -119,6 +119,9 @@ class InboundSection:
                                  "no third party unless you say so.", factory=True)
     dnswl_zones: list[str] = opt(list, "DNS allow lists to query (a listing lowers the "
                                  "score).", factory=True)
+    sender_checks: bool = opt(True, "SPF, DKIM, DMARC, ARC, reverse DNS and DNS lists on "
+                              "incoming mail. Turn off only behind another filter that "
+                              "does them (or to measure plain acceptance speed).")
     quarantine_days: float = opt(30.0, "Days quarantined messages are kept before deletion.")
     authserv_id: str = opt("", "Name in Authentication-Results headers; empty: the "
                            "server hostname.")
