@@ -17,6 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .abuse.settings import AbuseSection
+from .options import opt
+from .outbound.settings import OutboundSection
+from .web.settings import WebSection
+
 STANDARD_PORTS = {"smtp": 25, "submissions": 465, "submission": 587, "imap": 143,
                   "imaps": 993, "web": 8443}
 
@@ -25,17 +30,6 @@ class ConfigError(Exception):
     """A problem in the configuration, worded for the operator."""
 
 
-def opt(default: Any, help: str, *, factory: bool = False) -> Any:
-    """A config field with its help text (the packages' own sections use this too)."""
-    if factory:
-        return field(default_factory=default, metadata={"help": help})
-    return field(default=default, metadata={"help": help})
-
-
-# Sections defined next to the code they configure; they import `opt` from here,
-# which is why these imports follow its definition.
-from .abuse.settings import AbuseSection  # noqa: E402
-from .outbound.settings import OutboundSection  # noqa: E402
 
 
 @dataclass
@@ -139,6 +133,7 @@ class Config:
     inbound: InboundSection = field(default_factory=InboundSection)
     outbound: OutboundSection = field(default_factory=OutboundSection)
     abuse: AbuseSection = field(default_factory=AbuseSection)
+    web: WebSection = field(default_factory=WebSection)
     path: Path = field(default=Path("keepmail.toml"), metadata={"internal": True})
 
     # -- derived paths --------------------------------------------------------

@@ -53,9 +53,11 @@ async def release(store: Store, entry_id: int, by: str,
     if only_account is not None and only_account not in entry.account_ids:
         raise QuarantineError(f"no quarantined message {entry_id}")
     raw = await store.read_blob(entry.blob_id)
-    copies = store.read_now(lambda c: _inboxes(c, entry.account_ids))
+    # A user releases for themself only; an admin for every recipient.
+    targets = [only_account] if only_account is not None else entry.account_ids
+    copies = store.read_now(lambda c: _inboxes(c, targets))
     await store.deliver(raw, copies, trace_id=entry.trace_id, message_id=entry.message_id,
-                        extra=lambda c, _blob: qstore.mark_released(c, entry, by))
+                        extra=lambda c, _blob: qstore.mark_released(c, entry, by, targets))
     return [c.account_id for c in copies]
 
 

@@ -42,11 +42,11 @@ def _fts_query(text: str) -> str:
 def search(conn: sqlite3.Connection, f: TraceFilter) -> list[dict[str, Any]]:
     where: list[str] = []
     args: list[Any] = []
-    like = {"mail_from": f.sender, "rcpts": f.rcpt}
-    for column, value in like.items():
+    contains = {"mail_from": f.sender, "rcpts": f.rcpt}
+    for column, value in contains.items():
         if value:
-            where.append(f"t.{column} LIKE ?")
-            args.append(f"%{value.lower()}%")
+            where.append(f"instr(t.{column}, ?) > 0")
+            args.append(value.lower())
     exact = {"ip": f.ip, "kind": f.kind}
     for column, value in exact.items():
         if value:
@@ -62,8 +62,9 @@ def search(conn: sqlite3.Connection, f: TraceFilter) -> list[dict[str, Any]]:
         where.append("t.started <= ?")
         args.append(f.until)
     if f.account:
-        where.append("(t.account = ? OR t.mail_from = ? OR (' ' || t.rcpts || ' ') LIKE ?)")
-        args += [f.account, f.account, f"% {f.account} %"]
+        # instr, not LIKE: "_" and "%" in an address must not act as wildcards.
+        where.append("(t.account = ? OR t.mail_from = ? OR instr(' ' || t.rcpts || ' ', ?) > 0)")
+        args += [f.account, f.account, f" {f.account} "]
     if f.text:
         where.append("t.n IN (SELECT rowid FROM traces_fts WHERE traces_fts MATCH ?)")
         args.append(_fts_query(f.text))

@@ -3,7 +3,7 @@
 Importing this package registers every component's schema migrations.
 """
 
-from . import greylist, quarantine, schema  # noqa: F401  (register their migrations)
+from . import greylist, quarantine, schema, senderlists  # noqa: F401  (register migrations)
 from .store import Copy, Store
 
 __all__ = ["Copy", "Store"]

@@ -94,13 +94,24 @@ def list_entries(conn: sqlite3.Connection, account_id: int | None = None,
     return entries[:limit]
 
 
-def mark_released(conn: sqlite3.Connection, entry: Entry, by: str) -> None:
-    """Mark released, keep a ham training signal per recipient, drop the entry's blob ref."""
-    conn.execute("UPDATE quarantine SET released = ?, released_by = ? WHERE id = ?",
-                 (time.time(), by, entry.id))
-    for account_id in entry.account_ids:
+def mark_released(conn: sqlite3.Connection, entry: Entry, by: str,
+                  accounts: list[int] | None = None) -> None:
+    """Note a release for some recipients (all by default), with a ham training signal.
+
+    The entry stays held for the others until they release it too; the blob
+    reference goes when nobody is left.
+    """
+    released = entry.account_ids if accounts is None else accounts
+    remaining = [a for a in entry.account_ids if a not in released]
+    for account_id in released:
         record_training(conn, account_id, entry.blob_id, False, "quarantine-release",
                         entry.message_id)
+    if remaining:
+        conn.execute("UPDATE quarantine SET account_ids = ? WHERE id = ?",
+                     (json.dumps(remaining), entry.id))
+        return
+    conn.execute("UPDATE quarantine SET released = ?, released_by = ? WHERE id = ?",
+                 (time.time(), by, entry.id))
     blobs.add_refs(conn, entry.blob_id, -1)
 
 
