@@ -15,22 +15,27 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .abuse.wiring import build_abuse
+from .abuse.wiring import install as install_abuse
 from .cache import TtlCache
 from .config import Config
 from .dnsx.resolver import Resolver
 from .imap.server import ImapConfig, ImapServer
 from .inbound.authchecks import AuthChecks
 from .inbound.defenses import Greylister, GreylistPolicy
+from .inbound.lists import sender_list_check
 from .inbound.mx import MxHandler, MxPolicy
 from .inbound.quarantine import quarantine
 from .inbound.verdict import Thresholds
 from .maintenance import Maintenance
+from .outbound.wiring import build_outbound
 from .recorder import Recorder
 from .smtp.protocol import Limits
 from .smtp.server import ListenerConfig, SmtpServer
 from .store import Store, accounts
 from .store.auth import Authenticator
 from .tls import CertFiles, ensure_self_signed, server_context
+from .web.wiring import build_web
 
 log = logging.getLogger("keepmail")
 
@@ -50,6 +55,8 @@ class App:
     tls_context: ssl.SSLContext = field(init=False)
     services: list[tuple[str, int, Service]] = field(default_factory=list)
     auth_guard: Any = None   # keepmail.abuse AuthGuard once built
+    outbound_agent: Any = None   # keepmail.outbound DeliveryAgent once built
+    forwarder: Any = None        # MX hook for aliases pointing outside
 
     def __post_init__(self) -> None:
         cfg = self.config
@@ -87,14 +94,26 @@ class App:
                               max_connections_per_ip=s.max_connections_per_ip)
 
     def build(self) -> None:
+        """Create every service; the order matters where one hands another a hook."""
         cfg = self.config
         self.add("maintenance", 0, Maintenance(cfg, self.store, self.recorder))
+        outbound = build_outbound(self)        # sets self.forwarder for alias forwards
+        guards = build_abuse(self)             # sets self.abuse
+        install_abuse(self, guards)            # throttles and limits submission
+        self.auth_guard = guards.auth
+        self.outbound_agent.on_result = guards.outbound.delivery_result
         mx_port = cfg.port("smtp", self.port_offset)
         if mx_port:
+            mx = self.mx_handler()
+            mx.on_inbox = guards.outbound.received_from
             self.add("smtp", mx_port, SmtpServer(
-                self._listener("mx", mx_port), self.mx_handler(), hostname=cfg.server.hostname,
+                self._listener("mx", mx_port), mx, hostname=cfg.server.hostname,
                 recorder=self.recorder, tls_context=self.tls_context))
+        for name, port, service in outbound:
+            self.add(name, port, service)
         self._build_imap()
+        for name, port, service in build_web(self):
+            self.add(name, port, service)
 
     def _build_imap(self) -> None:
         cfg = self.config
@@ -128,7 +147,8 @@ class App:
         on = inbound.sender_checks
         return MxHandler(self.store, policy=policy, greylister=greylister,
                          envelope_checks=[auth.envelope] if on else [],
-                         checks=[auth.message] if on else [],
+                         checks=([auth.message] if on else []) + [
+                             sender_list_check(self.store)],
                          forwarder=getattr(self, "forwarder", None),
                          quarantiner=lambda ctx: quarantine(self.store, ctx))
 

@@ -217,3 +217,24 @@ def test_smtplib_from_other_host_still_works(tmp_path: Path) -> None:
         asyncio.run(asyncio.sleep(0))
     finally:
         srv.stop()
+
+
+def test_user_sender_lists(tmp_path: Path) -> None:
+    from keepmail.store import accounts, senderlists
+
+    srv = start(tmp_path)
+    try:
+        bob = srv.store.read_now(lambda conn: accounts.get_account(conn, "bob@example.test"))
+        srv.store.write_sync(lambda conn: senderlists.add(conn, bob.id, "block", "@spammy.test"))
+        srv.store.write_sync(lambda conn: senderlists.add(conn, bob.id, "allow", "boss@firm.test"))
+        with smtplib.SMTP(srv.host, srv.port("smtp"), source_address=("127.0.0.87", 0),
+                          local_hostname="mail.sender.test") as c:
+            c.sendmail("x@spammy.test", ["bob@example.test"], b"Subject: buy\r\n\r\nx\r\n")
+            c.sendmail("boss@firm.test", ["bob@example.test"],
+                       b"From: boss@firm.test\r\nSubject: meeting\r\n\r\nx\r\n")
+        [junk] = mailbox_messages(srv.store, "bob@example.test", "Junk")
+        assert b"Subject: buy" in junk and b"sender-blocked" in junk
+        [inbox] = mailbox_messages(srv.store, "bob@example.test")
+        assert b"sender-allowed" in inbox
+    finally:
+        srv.stop()

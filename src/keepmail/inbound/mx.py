@@ -78,6 +78,9 @@ class MxHandler(Handler):
         self.quarantiner = quarantiner
         self._routes: TtlCache[str, routing.Route | None] = TtlCache()
         self._mailboxes: TtlCache[tuple[int, str], Copy | None] = TtlCache()
+        # Told (account id, sender) for mail landing in an Inbox: its sender becomes
+        # a known correspondent (the abuse guard's signal for normal replies).
+        self.on_inbox: Callable[[int, str], None] | None = None
         self._connections = RateLimiter(self.policy.connections_per_minute)
         self._messages = RateLimiter(self.policy.messages_per_minute)
 
@@ -216,6 +219,8 @@ class MxHandler(Handler):
                                           message_id=message_id, extra=extra)
         for p in placed:
             s.record("delivered", account_id=p.account_id, mailbox=p.mailbox_name, uid=p.uid)
+            if role == "inbox" and self.on_inbox is not None and env.sender.address:
+                self.on_inbox(p.account_id, env.sender.address)
         if remote:
             s.record("forward-queued", targets=remote)
         return r(250, "2.0.0", f"Queued as {env.trace_id}")

@@ -1,7 +1,8 @@
 """The outbound queue's tables and SQL functions (synchronous, connection-first).
 
 One row per queued message holds one reference on its encrypted blob
-(blobs.add_refs); one row per recipient carries that recipient's retry state.
+(the same counting as blobs.add_refs, in fewer statements); one row per
+recipient carries that recipient's retry state.
 A recipient row is deleted once delivered or bounced, and the message row (and
 its blob reference) once no recipient row is left. Nothing is marked "in
 flight" on disk: after a crash every remaining row is simply due again, so a
@@ -15,8 +16,9 @@ import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from . import blobs, migrations
+from . import migrations
 
 SCHEMA = [
     """
@@ -98,22 +100,41 @@ def domain_of(address: str) -> str:
 
 
 def enqueue(conn: sqlite3.Connection, blob_id: int, size: int, sender: str,
-            rcpts: Iterable[str], *, kind: str = "submit", account_id: int | None = None,
-            trace_id: str = "", message_id: str = "", smtputf8: bool = False,
-            body_8bit: bool = False, now: float | None = None, held: bool = False) -> int:
+            rcpts: Iterable[str], **kwargs: Any) -> int:
     """Queue a stored blob for recipients; takes one blob reference. Returns the id."""
+    return enqueue_rows(conn, blob_id, size, sender, rcpts, **kwargs)[0].id
+
+
+def enqueue_rows(conn: sqlite3.Connection, blob_id: int, size: int, sender: str,
+                 rcpts: Iterable[str], *, kind: str = "submit", account_id: int | None = None,
+                 trace_id: str = "", message_id: str = "", smtputf8: bool = False,
+                 body_8bit: bool = False, now: float | None = None,
+                 held: bool = False) -> tuple[QueuedMessage, list[QueuedRcpt]]:
+    """enqueue(), returning the rows as written.
+
+    Few statements on purpose: each one releases and retakes the GIL in the
+    store's writer thread, which costs far more than the SQL under load.
+    """
     now = time.time() if now is None else now
     cur = conn.execute(
         "INSERT INTO queue_messages(blob_id, sender, account_id, kind, trace_id, message_id,"
         " size, smtputf8, body_8bit, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (blob_id, sender, account_id, kind, trace_id, message_id, size, int(smtputf8),
          int(body_8bit), now))
-    msg_id = int(cur.lastrowid or 0)
-    conn.executemany(
-        "INSERT INTO queue_rcpts(msg_id, rcpt, domain, held, next_attempt) VALUES (?, ?, ?, ?, ?)",
-        [(msg_id, r, domain_of(r), int(held), now) for r in rcpts])
-    blobs.add_refs(conn, blob_id, 1)
-    return msg_id
+    msg = QueuedMessage(int(cur.lastrowid or 0), blob_id, sender, account_id, kind, trace_id,
+                        message_id, size, smtputf8, body_8bit, now, False)
+    addresses = list(rcpts)
+    rows: list[QueuedRcpt] = []
+    for start in range(0, len(addresses), 150):
+        part = addresses[start:start + 150]
+        values = [v for r in part for v in (msg.id, r, domain_of(r), int(held), now)]
+        ids = conn.execute(
+            "INSERT INTO queue_rcpts(msg_id, rcpt, domain, held, next_attempt) VALUES "
+            + ",".join(["(?, ?, ?, ?, ?)"] * len(part)) + " RETURNING id", values).fetchall()
+        rows += [QueuedRcpt(i[0], msg.id, r, domain_of(r), held, 0, now, None, "")
+                 for i, r in zip(ids, part, strict=True)]
+    conn.execute("UPDATE blobs SET refs = refs + 1 WHERE id = ?", (blob_id,))
+    return msg, rows
 
 
 def due(conn: sqlite3.Connection, now: float, limit: int,
@@ -169,13 +190,16 @@ def mark_done(conn: sqlite3.Connection, rcpt_ids: Iterable[int]) -> None:
 
 
 def release_if_empty(conn: sqlite3.Connection, msg_id: int) -> bool:
-    left = conn.execute("SELECT 1 FROM queue_rcpts WHERE msg_id = ? LIMIT 1", (msg_id,)).fetchone()
-    if left is not None:
+    row = conn.execute(
+        "DELETE FROM queue_messages WHERE id = ? AND NOT EXISTS"
+        " (SELECT 1 FROM queue_rcpts WHERE msg_id = ?) RETURNING blob_id",
+        (msg_id, msg_id)).fetchone()
+    if row is None:
         return False
-    row = conn.execute("DELETE FROM queue_messages WHERE id = ? RETURNING blob_id",
-                       (msg_id,)).fetchone()
-    if row is not None:
-        blobs.add_refs(conn, row[0], -1)
+    left = conn.execute("UPDATE blobs SET refs = refs - 1 WHERE id = ? RETURNING refs",
+                        (row[0],)).fetchone()
+    if left is not None and left[0] <= 0:
+        conn.execute("DELETE FROM blobs WHERE id = ?", (row[0],))
     return True
 
 

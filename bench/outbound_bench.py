@@ -1,0 +1,287 @@
+"""Outbound throughput: keepmail vs a private Postfix, both relaying to the same smtp-sink.
+
+N messages are submitted by a load generator (a separate process, C parallel
+connections, pipelined MAIL/RCPT/DATA) and timed until the last one reaches
+the sink:
+  keepmail: submission on a loopback port (STARTTLS + AUTH, DKIM signing with
+            RSA-2048 and Ed25519, durable queue with group commit) -> agent -> sink
+  Postfix:  smtpd (plain SMTP, relay for mynetworks, no DKIM) -> queue -> smtp -> sink
+It prints end-to-end messages/s for both, the ratio, and DKIM signatures/s
+(keepmail's signer through `cryptography` vs dkimpy's pure-Python RSA).
+
+usage: python bench/outbound_bench.py [-n 2000] [-c 8] [--size 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))
+
+from keepmail.outbound.smtpclient import SmtpClient  # noqa: E402
+
+SINK, KEEPMAIL, POSTFIX = "127.0.0.121", "127.0.0.122", "127.0.0.123"
+USER, PASSWORD = "bench@a.test", "bench password 1"
+VERBOSE = False
+TIMEOUT = 300.0   # seconds a run may take before the benchmark gives up
+
+
+def make_message(i: int, size: int) -> bytes:
+    line = b"The quick brown fox jumps over the lazy dog, again and again. 0123456789\r\n"
+    body = line * max(1, size // len(line))
+    return (f"From: Bench <{USER}>\r\nTo: <rcpt{i}@sink.test>\r\nSubject: bench {i}\r\n"
+            f"Message-ID: <bench{i}@a.test>\r\nDate: Mon, 30 Nov 2026 10:00:00 +0000\r\n"
+            "MIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\n").encode() + body
+
+
+# -- load generator (runs as a child process) ------------------------------------------
+async def client_session(host: str, port: int, auth: bool) -> SmtpClient:
+    import ssl
+    client = await SmtpClient.connect(host, port, timeout=60, record=lambda *a, **k: None)
+    await client.greeting()
+    await client.ehlo("bench.client")
+    if auth:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        await client.starttls(ctx, None)
+        await client.ehlo("bench.client")
+        token = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode()
+        reply = await client.command(f"AUTH PLAIN {token}")
+        assert reply.code == 235, reply
+    return client
+
+
+async def client_worker(client: SmtpClient, ids: list[int], size: int) -> None:
+    for i in ids:
+        mail, rcpts, final = await client.transaction(USER, [], [f"rcpt{i}@sink.test"],
+                                                      make_message(i, size))
+        assert final is not None and final.code == 250, (mail, rcpts, final)
+    await client.quit()
+
+
+async def run_clients(host: str, port: int, auth: bool, n: int, c: int, size: int) -> None:
+    # Log in one connection at a time (argon2 is slow on purpose and the
+    # server caches a success), then wait for "go": the timed part is the
+    # mail, not the logins.
+    clients = [await client_session(host, port, auth) for _ in range(c)]
+    print("ready", flush=True)
+    await asyncio.to_thread(sys.stdin.readline)
+    await asyncio.gather(*(client_worker(clients[k], list(range(k, n, c)), size)
+                           for k in range(c)))
+
+
+def client_main(args: argparse.Namespace) -> None:
+    asyncio.run(run_clients(args.host, args.port, args.auth, args.n, args.c, args.size))
+
+
+def spawn_clients(host: str, port: int, auth: bool, n: int, c: int,
+                  size: int) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, __file__, "--client", "--host", host, "--port", str(port),
+           "-n", str(n), "-c", str(c), "--size", str(size)] + (["--auth"] if auth else [])
+    return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+
+def go(proc: subprocess.Popen[bytes]) -> None:
+    """Wait until the load generator's connections are ready, then start it."""
+    assert proc.stdout is not None and proc.stdin is not None
+    if proc.stdout.readline().strip() != b"ready":
+        raise RuntimeError("load generator failed to connect")
+    proc.stdin.write(b"go\n")
+    proc.stdin.flush()
+
+
+# -- keepmail ----------------------------------------------------------------------------
+async def bench_keepmail(n: int, c: int, size: int, sink_port: int, workdir: Path) -> float:
+    from keepmail import tls
+    from keepmail.outbound.agent import DeliveryAgent
+    from keepmail.outbound.dkimkeys import DkimKeys
+    from keepmail.outbound.mxlookup import DnsClient
+    from keepmail.outbound.settings import OutboundSection
+    from keepmail.outbound.submission import SubmissionHandler
+    from keepmail.recorder import Recorder
+    from keepmail.smtp.server import ListenerConfig, SmtpServer
+    from keepmail.store import Store, accounts
+    from keepmail.store import queue as q
+    from keepmail.store.auth import Authenticator
+    from keepmail.store.passwords import hash_password
+    from tests.outbound.peers import LocalDns
+
+    dns = LocalDns(f"sink.test. 60 IN MX 10 mx.sink.test.\nmx.sink.test. 60 IN A {SINK}\n")
+    dns.start()
+    store = Store.open(workdir / "keepmail")
+    recorder = Recorder(workdir / "recorder.db")
+
+    def setup(conn: object) -> None:
+        accounts.add_domain(conn, "a.test")  # type: ignore[arg-type]
+        accounts.add_account(conn, USER, hash_password(PASSWORD))  # type: ignore[arg-type]
+
+    store.write_sync(setup)
+    dkim = DkimKeys(store)
+    dkim.ensure("a.test")
+    settings = OutboundSection(remote_port=sink_port, max_per_domain=20, mta_sts=False,
+                               dane=False, retry_base=1.0, retry_max=2.0)
+    agent = DeliveryAgent(store, recorder, settings, hostname="mail.a.test",
+                          dns=DnsClient([dns.nameserver], 5.0))
+    handler = SubmissionHandler(store, Authenticator(store), agent, dkim=dkim)
+    files = tls.ensure_self_signed("mail.a.test", workdir / "tls")
+    server = SmtpServer(ListenerConfig("submission", [KEEPMAIL], 0, max_connections_per_ip=100),
+                        handler, hostname="mail.a.test", recorder=recorder,
+                        tls_context=tls.server_context(files))
+    await server.start()
+    await agent.start()
+    try:
+        proc = spawn_clients(KEEPMAIL, server.ports[0], True, n, c, size)
+        await asyncio.to_thread(go, proc)
+        start = time.perf_counter()
+        deadline = start + TIMEOUT
+        while agent.delivered < n:
+            if proc.poll() not in (None, 0):
+                raise RuntimeError("keepmail load generator failed")
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"keepmail delivered only {agent.delivered} of {n}")
+            await asyncio.sleep(0.01)
+        elapsed = time.perf_counter() - start
+        await asyncio.to_thread(proc.wait)
+        for _ in range(500):   # the last queue rows are removed just after delivery
+            if store.read_now(q.count) == (0, 0):
+                break
+            await asyncio.sleep(0.01)
+        assert store.read_now(q.count) == (0, 0)
+        if VERBOSE:
+            print(f"  keepmail store: {store.db.writes} writes in {store.db.commits} commits")
+        return elapsed
+    finally:
+        await server.close(grace=5)
+        await agent.close()
+        recorder.close()
+        store.close()
+        dns.stop()
+
+
+# -- Postfix -----------------------------------------------------------------------------
+def spool_files(spool: Path) -> int:
+    return sum(1 for d in ("maildrop", "incoming", "active", "deferred", "hold")
+               if (spool / d).exists() for p in (spool / d).rglob("*") if p.is_file())
+
+
+def bench_postfix(n: int, c: int, size: int, sink_port: int) -> float:
+    from tests.outbound.postfix_peer import Postfix, free_port
+
+    port = free_port(POSTFIX)
+    pf = Postfix.start(POSTFIX, port, f"{SINK}:{sink_port}", domains="sink.test",
+                       extra={"default_process_limit": "100", "message_size_limit": "0",
+                              # retry as fast as keepmail does in this run
+                              "minimal_backoff_time": "1s", "maximal_backoff_time": "2s",
+                              "queue_run_delay": "1s"})
+    try:
+        time.sleep(0.5)
+        proc = spawn_clients(POSTFIX, port, False, n, c, size)
+        go(proc)
+        start = time.perf_counter()
+        proc.wait()
+        if proc.returncode != 0:
+            raise RuntimeError("Postfix load generator failed")
+        spool = pf.directory / "spool"
+        while spool_files(spool):
+            if time.perf_counter() > start + TIMEOUT:
+                raise RuntimeError(f"Postfix still holds {spool_files(spool)} queue files")
+            time.sleep(0.01)
+        return time.perf_counter() - start
+    finally:
+        pf.stop()
+
+
+# -- DKIM --------------------------------------------------------------------------------
+def bench_dkim(workdir: Path, size: int, seconds: float = 1.5) -> dict[str, float]:
+    import dkim as dkimpy
+
+    from keepmail.mailauth import dkim_sign
+    from keepmail.outbound.dkimkeys import DkimKeys
+    from keepmail.store import Store
+
+    store = Store.open(workdir / "dkim")
+    try:
+        keys = DkimKeys(store)
+        keys.ensure("a.test")
+        signing = keys.signing_keys("a.test")
+        rsa = [k for k in signing if k.algorithm == "rsa-sha256"]
+        msg = make_message(1, size)
+        out: dict[str, float] = {}
+        for label, chosen in (("rsa+ed25519", signing), ("rsa", rsa)):
+            count, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                dkim_sign.sign(msg, chosen)
+                count += len(chosen)
+            out[label] = count / (time.perf_counter() - start)
+        pem = (store.data_dir / "keys" / "dkim" / "a.test" / f"{rsa[0].selector}.pem").read_bytes()
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            dkimpy.sign(msg, rsa[0].selector.encode(), b"a.test", pem)
+            count += 1
+        out["dkimpy-rsa"] = count / (time.perf_counter() - start)
+        return out
+    finally:
+        store.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("-n", type=int, default=2000, help="messages per run")
+    parser.add_argument("-c", type=int, default=8, help="parallel client connections")
+    parser.add_argument("--size", type=int, default=2000, help="body bytes per message")
+    parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--auth", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--host", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--json", action="store_true", help="print one JSON line too")
+    parser.add_argument("--uvloop", action="store_true", help="run keepmail on uvloop")
+    parser.add_argument("--switch-interval", type=float, default=0.0,
+                        help="sys.setswitchinterval for keepmail (default: Python's 0.005)")
+    args = parser.parse_args()
+    if args.client:
+        client_main(args)
+        return
+    from tests.outbound.postfix_peer import Sink, free_port
+
+    sink_port = free_port(SINK)
+    sink = Sink.start(SINK, sink_port, backlog=512)
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
+    if args.uvloop:
+        import uvloop
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    with tempfile.TemporaryDirectory(prefix="keepmail-bench-") as tmp:
+        try:
+            km = asyncio.run(bench_keepmail(args.n, args.c, args.size, sink_port, Path(tmp)))
+            pf = bench_postfix(args.n, args.c, args.size, sink_port)
+            sigs = bench_dkim(Path(tmp), args.size)
+        finally:
+            sink.stop()
+    km_rate, pf_rate = args.n / km, args.n / pf
+    print(f"messages: {args.n}, client connections: {args.c}, body: {args.size} bytes")
+    print(f"keepmail (STARTTLS+AUTH, DKIM rsa+ed25519, fsync'd queue): {km_rate:8.1f} msg/s"
+          f"  ({km:.2f} s)")
+    print(f"postfix  (plain SMTP relay, no DKIM):                      {pf_rate:8.1f} msg/s"
+          f"  ({pf:.2f} s)")
+    print(f"ratio keepmail/postfix: {km_rate / pf_rate:.2f}x")
+    print(f"DKIM signatures/s: keepmail rsa+ed25519 {sigs['rsa+ed25519']:.0f}, "
+          f"keepmail rsa-only {sigs['rsa']:.0f}, dkimpy rsa {sigs['dkimpy-rsa']:.0f} "
+          f"({1000 / sigs['rsa']:.2f} ms vs {1000 / sigs['dkimpy-rsa']:.2f} ms per RSA signature)")
+    if args.json:
+        print(json.dumps({"n": args.n, "keepmail_msgs_per_s": km_rate,
+                          "postfix_msgs_per_s": pf_rate, "ratio": km_rate / pf_rate,
+                          "dkim_sigs_per_s": sigs}))
+
+
+if __name__ == "__main__":
+    main()

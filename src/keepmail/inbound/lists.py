@@ -1,0 +1,47 @@
+"""Users' own allow and block lists of senders, as verdict rules.
+
+A list applies to the envelope sender and to the From: address (people think
+in From:). When a message goes to several accounts, a list counts only if
+they all agree, since one copy is stored for all of them. Allowing a sender
+is a strong signal, not a pass: a DMARC p=reject failure (forged mail)
+is still refused, because the allow entry was meant for the real sender.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from email.utils import parseaddr
+
+from .. import mailmsg
+from ..store import Store, senderlists
+from .mx import Check, CheckContext
+from .verdict import Action, Rule
+
+
+def sender_list_check(store: Store) -> Check:
+    async def check(ctx: CheckContext) -> None:
+        if not ctx.accounts:
+            return
+        senders = {ctx.envelope.sender.address.lower()}
+        from_addr = parseaddr(mailmsg.header(ctx.message, "From") or "")[1].lower()
+        if from_addr:
+            senders.add(from_addr)
+        senders.discard("")
+        verdicts = store.read_now(lambda c: [
+            _verdict(c, account_id, senders) for account_id in ctx.accounts])
+        if len(set(verdicts)) != 1 or verdicts[0] is None:
+            return
+        if verdicts[0] == "block":
+            ctx.verdict.add(Rule("sender-blocked", 0.0, "the recipient blocked this sender",
+                                 force=Action.JUNK))
+        else:
+            ctx.verdict.add(Rule("sender-allowed", -5.0, "the recipient allowed this sender"))
+
+    return check
+
+
+def _verdict(conn: sqlite3.Connection, account_id: int, senders: set[str]) -> str | None:
+    found = {senderlists.lookup(conn, account_id, s) for s in senders}
+    if "block" in found:
+        return "block"
+    return "allow" if "allow" in found else None
