@@ -145,12 +145,14 @@ def init(domain: str, hostname: str, data_dir: Path, admin: str, password_stdin:
               help="Folder for the demo's data (default: a fresh temporary folder).")
 @click.option("--port-offset", default=10000, show_default=True,
               help="Move every listener from its port P to P+N (default: 25 → 10025, …).")
-def demo(data_dir: Path | None, port_offset: int) -> None:
+@click.option("--dns", "nameservers", multiple=True, hidden=True,
+              help="Resolver ip[:port] to use instead of the system's (tests).")
+def demo(data_dir: Path | None, port_offset: int, nameservers: tuple[str, ...]) -> None:
     """A complete server on 127.0.0.1 for example.test, with two accounts."""
     from .setup import demo_config, demo_text
 
     data_dir = data_dir or Path(tempfile.mkdtemp(prefix="keepmail-demo-"))
-    cfg, users = demo_config(data_dir)
+    cfg, users = demo_config(data_dir, list(nameservers))
     run_app(cfg, port_offset, banner=lambda app: click.echo(demo_text(app, users)))
 
 

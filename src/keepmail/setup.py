@@ -96,14 +96,18 @@ def dns_records_text(cfg: Config, store: Store, domain: str) -> str:
 DEMO_DOMAIN = "example.test"
 
 
-def demo_config(data_dir: Path) -> tuple[Config, dict[str, str]]:
+def demo_config(data_dir: Path, nameservers: list[str] | None = None,
+                ) -> tuple[Config, dict[str, str]]:
     """A config for a local demo with two accounts; returns it and their passwords."""
     config_path = data_dir / "keepmail.toml"
     if not config_path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
-        config_path.write_text(configmod.render_default_config({"server": {
-            "hostname": "mail.example.test", "data_dir": ".", "listen": ["127.0.0.1"],
-            "domains": [DEMO_DOMAIN]}}), encoding="utf-8")
+        config_path.write_text(configmod.render_default_config({
+            "server": {"hostname": "mail.example.test", "data_dir": ".",
+                       "listen": ["127.0.0.1"], "domains": [DEMO_DOMAIN]},
+            # A demo on one machine has no reverse DNS to speak of: don't greylist.
+            "inbound": {"greylisting": False},
+            "dns": {"nameservers": nameservers or []}}), encoding="utf-8")
     cfg = configmod.load(config_path)
     users = _demo_users(cfg)
     return cfg, users
@@ -136,28 +140,37 @@ def _demo_users(cfg: Config) -> dict[str, str]:
 def demo_text(app: Any, users: dict[str, str]) -> str:
     ports = {name: port for name, port, _ in app.services if port}
     cfg: Config = app.config
-    alice, bob = list(users)
-    mx = ports.get("smtp", 0)
+    (alice, alice_pw), (bob, bob_pw) = list(users.items())
     lines = ["", "keepmail demo is running on 127.0.0.1 (Ctrl-C stops it).",
              f"  data folder:   {cfg.data_dir}", f"  config:        {cfg.path}", "",
-             "Accounts:"]
+             "Accounts (alice is an admin):"]
     lines += [f"  {address:<22} password: {password}" for address, password in users.items()]
     lines += ["", "Listeners:"]
-    lines += [f"  {name:<12} 127.0.0.1:{port}" for name, port in ports.items()]
-    lines += ["", "Try it:",
-              "  # send a message to bob through the MX with swaks",
-              f"  swaks --server 127.0.0.1:{mx} --from {alice} --to {bob} "
-              "--header 'Subject: hello'",
-              "  # or with Python",
-              f"  python3 -c \"import smtplib; smtplib.SMTP('127.0.0.1', {mx}).sendmail("
-              f"'{alice}', ['{bob}'], b'Subject: hi\\r\\n\\r\\nHello Bob')\"",
-              "  # then see what happened to it",
+    lines += [f"  {name:<15} 127.0.0.1:{port}" for name, port in ports.items()]
+    lines += ["", "Try it:"]
+    if "submission" in ports:
+        lines += ["  # alice sends to bob as a mail program would (submission, STARTTLS, AUTH)",
+                  f"  swaks --server 127.0.0.1:{ports['submission']} --tls --auth-user {alice} "
+                  f"--auth-password '{alice_pw}' --from {alice} --to {bob} "
+                  "--header 'Subject: hello'"]
+    if "smtp" in ports:
+        lines += ["  # mail from another server arrives through the MX",
+                  f"  swaks --server 127.0.0.1:{ports['smtp']} --helo mail.elsewhere.test "
+                  f"--from someone@elsewhere.test --to {bob}",
+                  "  # the same with Python",
+                  f"  python3 -c \"import smtplib; smtplib.SMTP('127.0.0.1', {ports['smtp']}, "
+                  f"local_hostname='mail.elsewhere.test').sendmail('someone@elsewhere.test', "
+                  f"['{bob}'], b'Subject: hi\\r\\n\\r\\nHello Bob')\""]
+    lines += ["  # see what happened to it: every command, reply and check",
               f"  keepmail log search --config {cfg.path} --to {bob}",
               f"  keepmail log show --config {cfg.path} TRACE_ID"]
     if "imaps" in ports:
-        lines += ["  # and read it over IMAP (self-signed certificate)",
+        lines += ["  # read bob's mail over IMAP (the certificate is self-signed)",
                   f"  python3 -c \"import imaplib, ssl; c = imaplib.IMAP4_SSL('127.0.0.1', "
                   f"{ports['imaps']}, ssl_context=ssl._create_unverified_context()); "
-                  f"c.login('{bob}', '{users[bob]}'); c.select(); "
-                  f"print(c.fetch('1', '(BODY[])'))\""]
+                  f"c.login('{bob}', '{bob_pw}'); c.select(); "
+                  f"print(c.fetch('1:*', '(BODY[HEADER.FIELDS (FROM SUBJECT)])'))\""]
+    if "web" in ports:
+        lines += ["  # the admin console (log in as alice; admins set up a second factor)",
+                  f"  https://127.0.0.1:{ports['web']}/"]
     return "\n".join(lines) + "\n"
