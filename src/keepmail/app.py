@@ -32,6 +32,8 @@ from .outbound.wiring import build_outbound
 from .recorder import Recorder
 from .smtp.protocol import Limits
 from .smtp.server import ListenerConfig, SmtpServer
+from .spam.classifier import Classifier
+from .spam.learning import Learner, content_check
 from .store import Store, accounts
 from .store.auth import Authenticator
 from .tls import CertFiles, ensure_self_signed, server_context
@@ -57,6 +59,7 @@ class App:
     auth_guard: Any = None   # keepmail.abuse AuthGuard once built
     outbound_agent: Any = None   # keepmail.outbound DeliveryAgent once built
     forwarder: Any = None        # MX hook for aliases pointing outside
+    classifier: Any = None       # keepmail.spam Classifier
 
     def __post_init__(self) -> None:
         cfg = self.config
@@ -97,8 +100,12 @@ class App:
         """Create every service; the order matters where one hands another a hook."""
         cfg = self.config
         self.add("maintenance", 0, Maintenance(cfg, self.store, self.recorder))
+        model_path = cfg.data_dir / "spam" / "model.bin"
+        self.classifier = Classifier.open(model_path)  # the starter model on a new install
+        self.add("spam-learner", 0, Learner(self.store, self.classifier, model_path))
         outbound = build_outbound(self)        # sets self.forwarder for alias forwards
-        guards = build_abuse(self)             # sets self.abuse
+        guards = build_abuse(self, content_score=lambda raw: self.classifier.score(
+            raw).probability)                  # sets self.abuse
         install_abuse(self, guards)            # throttles and limits submission
         self.auth_guard = guards.auth
         self.outbound_agent.on_result = guards.outbound.delivery_result
@@ -148,9 +155,14 @@ class App:
         return MxHandler(self.store, policy=policy, greylister=greylister,
                          envelope_checks=[auth.envelope] if on else [],
                          checks=([auth.message] if on else []) + [
-                             sender_list_check(self.store)],
+                             sender_list_check(self.store),
+                             content_check(self.classifier, self.address_of)],
                          forwarder=getattr(self, "forwarder", None),
                          quarantiner=lambda ctx: quarantine(self.store, ctx))
+
+    def address_of(self, account_id: int) -> str | None:
+        account = self.store.read_now(lambda c: accounts.get_account_by_id(c, account_id))
+        return account.address if account else None
 
     def is_local_domain(self, domain: str) -> bool:
         name = domain.lower().rstrip(".")

@@ -13,6 +13,7 @@ from pathlib import Path
 from keepmail import config as configmod
 from keepmail.inbound.defenses import helo_rules
 from keepmail.inbound.quarantine import release
+from keepmail.inbound.verdict import Thresholds
 from keepmail.maintenance import Maintenance
 from keepmail.store import quarantine as qstore
 from tests.smtp.rawclient import Raw
@@ -141,8 +142,8 @@ def test_quarantine_release_and_expiry(tmp_path: Path) -> None:
     try:
         # Force a quarantine verdict: HELO claims to be us (+8) plus malformed sender name.
         srv.config.spam.quarantine_score = 5.0
-        srv.app.services[1][2].handler.policy.thresholds = type(
-            srv.app.services[1][2].handler.policy.thresholds)(junk=3, quarantine=5, reject=50)
+        mx = next(svc for name, _port, svc in srv.app.services if name == "smtp").handler
+        mx.policy.thresholds = Thresholds(junk=3, quarantine=5, reject=50)
         c = client_from("127.0.0.84", srv)
         c.reply()
         c.cmd(b"EHLO mx.example.test")

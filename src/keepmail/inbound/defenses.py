@@ -128,5 +128,6 @@ def content_rules(probability: float, reasons: list[tuple[str, float]]) -> list[
     else:
         points = round(2.5 + 19.0 * (probability - 0.5), 2)
     why = ", ".join(f"{name}" for name, _ in reasons[:5])
+    top = " ".join(f"{name}" for name, _ in reasons[:3])
     return [Rule("content", points, f"classifier spam probability {probability:.3f}"
-                 + (f" ({why})" if why else ""))]
+                 + (f" ({why})" if why else ""), note=f"p={probability:.3f} {top}".strip())]

@@ -28,6 +28,7 @@ class Rule:
     points: float
     reason: str
     force: Action | None = None
+    note: str = ""   # a short detail shown in the verdict header (e.g. a probability)
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,8 @@ class Verdict:
         return self
 
     def header_value(self) -> str:
-        reasons = "; ".join(f"{r.name}={r.points:+g}" for r in self.rules if r.points or r.force)
+        reasons = "; ".join(f"{r.name}={r.points:+g}" + (f" [{r.note}]" if r.note else "")
+                            for r in self.rules if r.points or r.force or r.note)
         text = f"{self.action.name.lower()} score={self.score:g}"
         return f"{text} ({reasons})" if reasons else text
 

@@ -1,0 +1,67 @@
+"""Users teach the filter: a move into Junk over IMAP changes the next verdict."""
+
+from __future__ import annotations
+
+import imaplib
+import re
+import smtplib
+import ssl
+from pathlib import Path
+
+from keepmail.spam.learning import Learner
+from tests.smtp.conftest import make_server
+from tests.support.server import PASSWORD, mailbox_messages
+
+TEMPLATE = ("From: deals@offers.test\r\nSubject: Quarterly supplier catalogue {n}\r\n"
+            "Message-ID: <cat{n}@offers.test>\r\n\r\nDear partner, our new catalogue of "
+            "industrial fasteners and widgets is attached. Order form number {n}.\r\n")
+
+
+def probability(raw: bytes) -> float:
+    match = re.search(rb"content=[-+0-9.]+ \[p=([0-9.]+)", raw)
+    assert match, raw[:400]
+    return float(match.group(1))
+
+
+def test_junk_moves_teach_the_classifier(tmp_path: Path) -> None:
+    srv = make_server(tmp_path)
+    try:
+        def send(n: int) -> None:
+            with smtplib.SMTP(srv.host, srv.port("smtp"), local_hostname="mx.offers.test") as c:
+                c.sendmail("deals@offers.test", ["bob@example.test"],
+                           TEMPLATE.format(n=n).encode())
+
+        def folder_of(n: int) -> tuple[str, bytes]:
+            for box in ("INBOX", "Junk"):
+                for m in mailbox_messages(srv.store, "bob@example.test", box):
+                    if f"<cat{n}@offers.test>".encode() in m:
+                        return box, m
+            raise AssertionError(f"message {n} not delivered")
+
+        for n in range(6):
+            send(n)
+        box, first = folder_of(0)
+        before = probability(first)
+        # The user disagrees with wherever the filter put this kind of mail.
+        target = "INBOX" if box == "Junk" else "Junk"
+        imap = imaplib.IMAP4_SSL(srv.host, srv.port("imaps"),
+                                 ssl_context=ssl._create_unverified_context())
+        imap.login("bob@example.test", PASSWORD)
+        for source in ("INBOX", "Junk"):
+            if source != target:
+                imap.select(source)
+                assert imap.uid("MOVE", "1:*", target)[0] == "OK"
+        imap.logout()
+        learner = next(s for name, _p, s in srv.app.services if name == "spam-learner")
+        assert isinstance(learner, Learner)
+        assert srv.call(learner.run_once()) == 6
+        send(6)
+        after = probability(folder_of(6)[1])
+        if target == "Junk":
+            assert after > before + 0.2, (before, after)
+        else:
+            assert after < before - 0.2, (before, after)
+        learner.save()
+        assert (srv.config.data_dir / "spam" / "model.bin").exists()
+    finally:
+        srv.stop()
