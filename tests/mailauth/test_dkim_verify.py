@@ -75,7 +75,7 @@ def test_length_tag(keys: DnsServer) -> None:
     ("v=DKIM1; k=rsa; s=other; " + rsa_record().split("; ", 2)[2], "not for email"),
     ("v=DKIM1; k=rsa k=rsa", "no p="),
     (f"v=DKIM1; p={SHORT_KEY}", "too short"),
-])
+], ids=lambda value: value if len(value) < 40 else value[:30])  # keys differ per process
 def test_bad_keys_are_permerror(dns_server: DnsServer, record: str, why: str) -> None:
     dns_server.set_zone({"r._domainkey.example.test": [("TXT", record)]})
     [res] = run(verify(sign_rsa(MESSAGE), resolver(dns_server)))

@@ -1,0 +1,1 @@
+"""Tests of the learning spam classifier (keepmail.spam)."""
