@@ -155,8 +155,9 @@ class App:
         return MxHandler(self.store, policy=policy, greylister=greylister,
                          envelope_checks=[auth.envelope] if on else [],
                          checks=([auth.message] if on else []) + [
-                             sender_list_check(self.store),
-                             content_check(self.classifier, self.address_of)],
+                             sender_list_check(self.store)] + (
+                             [content_check(self.classifier, self.address_of)]
+                             if cfg.spam.classifier else []),
                          forwarder=getattr(self, "forwarder", None),
                          quarantiner=lambda ctx: quarantine(self.store, ctx))
 

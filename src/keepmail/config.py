@@ -88,6 +88,9 @@ class RecorderSection:
 
 @dataclass
 class SpamSection:
+    classifier: bool = opt(True, "Score incoming mail with the learning classifier (and learn "
+                           "from users' Junk moves). Turn off only behind another filter "
+                           "or to measure plain acceptance speed.")
     junk_score: float = opt(5.0, "Score from which a message goes to the Junk folder.")
     quarantine_score: float = opt(10.0, "Score from which a message is quarantined.")
     reject_score: float = opt(15.0, "Score from which a message is refused during SMTP.")

@@ -19,8 +19,8 @@ from collections.abc import Iterable
 
 from ..store import imapq
 from ..store import mail as mailq
-from ..store.models import Mailbox, Message
-from . import fetch, search, sort_thread, wire
+from ..store.models import Mailbox
+from . import fetch, msgcache, search, sort_thread, wire
 from .parser import ParseError, Reader, SeqSet
 from .session import AUTH, SEL, SYSTEM_FLAGS, Bad, No, Result, Session, command
 from .view import SelectedView
@@ -49,6 +49,7 @@ async def fetch_cmd(s: Session, tag: str, r: Reader, uid: bool) -> Result:
     if not view.readonly and any(i.sets_seen for i in items):
         seen_now = await _mark_seen(s, view, uids)
     store = s.server.store
+    cache = s.server.cache
     missing = False
     ctx = fetch.FetchContext(items, view.uids.seq_of, view.is_recent, s.utf8, uid,
                              changedsince is not None, s.rev2, seen_now)
@@ -60,7 +61,11 @@ async def fetch_cmd(s: Session, tag: str, r: Reader, uid: bool) -> Result:
             msgs = mailq.get_messages(conn, view.mailbox_id, part)
             if changedsince is not None:
                 msgs = [m for m in msgs if m.modseq > changedsince]
-            lines = [fetch.render(ctx, conn, store.cipher, m) for m in msgs]
+            loader = None
+            if needs_content:
+                loader = msgcache.Loader(conn, store.cipher, cache)
+                loader.plan([m.blob_id for m in msgs], [m.size for m in msgs])
+            lines = [fetch.render(ctx, conn, store.cipher, m, loader) for m in msgs]
             return lines, len(msgs)
         try:
             if needs_content:
@@ -115,8 +120,8 @@ def _vanished_earlier(s: Session, view: SelectedView, seqs: SeqSet, since: int) 
 
 
 async def _mark_seen(s: Session, view: SelectedView, uids: list[int]) -> set[int]:
-    def txn(conn: sqlite3.Connection) -> list[Message]:
-        changed, _ = mailq.store_flags(conn, view.mailbox_id, uids, {"\\Seen"}, "add")
+    def txn(conn: sqlite3.Connection) -> list[imapq.FlagRow]:
+        changed, _f, _c = imapq.store_flags(conn, view.mailbox_id, uids, ["\\Seen"], "add")
         return changed
     changed = await s.server.store.change([view.mailbox_id], txn)
     for m in changed:
@@ -171,10 +176,9 @@ async def store_cmd(s: Session, tag: str, r: Reader, uid: bool) -> Result:
     if view.readonly:
         raise No("Mailbox is read-only", "READ-ONLY")
 
-    def txn(conn: sqlite3.Connection) -> tuple[list[Message], list[int], list[Message]]:
-        changed, failed = mailq.store_flags(conn, view.mailbox_id, uids, flags, mode,
-                                            unchangedsince)
-        return changed, failed, mailq.get_messages(conn, view.mailbox_id, uids)
+    def txn(conn: sqlite3.Connection
+            ) -> tuple[list[imapq.FlagRow], list[int], list[imapq.FlagRow]]:
+        return imapq.store_flags(conn, view.mailbox_id, uids, flags, mode, unchangedsince)
     changed, failed, current = await s.server.store.change([view.mailbox_id], txn)
     for m in changed:
         view.own_modseqs.add(m.modseq)
@@ -184,8 +188,10 @@ async def store_cmd(s: Session, tag: str, r: Reader, uid: bool) -> Result:
         s.untagged(b"FLAGS " + wire.flags(SYSTEM_FLAGS | view.keywords))
         s.untagged(b"OK [PERMANENTFLAGS " + wire.flags(SYSTEM_FLAGS | view.keywords | {"\\*"})
                    + b"] Flags permitted")
-    changed_uids = {m.uid for m in changed}
+    changed_uids = {m.uid for m in changed} if silent and s.condstore else set()
     failed_set = set(failed)
+    if silent and not s.condstore:
+        current = []    # nothing to report per message
     for m in current:
         if m.uid in failed_set:
             continue
@@ -205,15 +211,31 @@ async def store_cmd(s: Session, tag: str, r: Reader, uid: bool) -> Result:
 # -- SEARCH / SORT / THREAD ------------------------------------------------------------------------
 def _candidates(s: Session, view: SelectedView, conn: sqlite3.Connection,
                 uids: Iterable[int] | None = None) -> list[search.Candidate]:
-    from ..store import blobs
-    cipher = s.server.store.cipher
-    wanted = list(view.uids) if uids is None else list(uids)
+    """The view's messages (or some of them) for SEARCH, SORT and THREAD.
+
+    One query reads the mailbox's rows; headers and bytes are decrypted only
+    when a key needs them, in batches, through the shared header cache.
+    """
+    loader = msgcache.Loader(conn, s.server.store.cipher, s.server.cache)
+    seq_of, is_recent = view.uids.seq_of, view.is_recent
+    wanted = None if uids is None else set(uids)
+    has_recent = bool(view.recent)
+    flag_sets: dict[str, frozenset[str]] = {}
     out = []
-    for m in mailq.get_messages(conn, view.mailbox_id, wanted):
+    for uid, flags, internaldate, size, modseq, blob_id in imapq.message_rows(
+            conn, view.mailbox_id):
+        if wanted is not None and uid not in wanted:
+            continue
+        seq = seq_of(uid)
+        if not seq:
+            continue
+        flag_set = flag_sets.get(flags)
+        if flag_set is None:
+            flag_set = flag_sets[flags] = frozenset(flags.split())
         out.append(search.Candidate(
-            view.uids.seq_of(m.uid), m.uid, m.flags, m.internaldate, m.size, m.modseq,
-            view.is_recent(m.uid),
-            lambda m=m: blobs.read(conn, cipher, m.blob_id)))  # type: ignore[misc]
+            seq, uid, flag_set, internaldate, size, modseq,
+            has_recent and is_recent(uid), blob_id=blob_id, loader=loader))
+    loader.plan([c.blob_id for c in out], [c.size for c in out])
     return out
 
 

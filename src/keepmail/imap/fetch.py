@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from ..store import blobs
 from ..store.models import Message
-from . import mime, wire
+from . import mime, msgcache, wire
 from .parser import ParseError, Reader
 
 MACROS = {
@@ -153,18 +153,36 @@ def _label(item: Item, base: str) -> bytes:
 
 # -- building responses ---------------------------------------------------------------------------
 class Content:
-    """A message's bytes, read and parsed at most once per FETCH."""
+    """A message's bytes, read and parsed at most once per FETCH.
 
-    def __init__(self, conn: sqlite3.Connection, cipher: blobs.BlobCipher, msg: Message) -> None:
-        self.conn, self.cipher, self.msg = conn, cipher, msg
+    With a loader, the top-level header comes from the shared header cache
+    (no decryption at all on a hit) and whole messages are decrypted in
+    batches; `entry` is the cache entry, where rendered fragments are kept.
+    """
+
+    __slots__ = ("_entry", "_head", "_raw", "_root", "cipher", "conn", "loader", "msg")
+
+    def __init__(self, conn: sqlite3.Connection, cipher: blobs.BlobCipher, msg: Message,
+                 loader: msgcache.Loader | None = None) -> None:
+        self.conn, self.cipher, self.msg, self.loader = conn, cipher, msg, loader
         self._raw: bytes | None = None
         self._root: mime.Part | None = None
         self._head: mime.Part | None = None
+        self._entry: msgcache.Entry | None = None
+
+    @property
+    def entry(self) -> msgcache.Entry | None:
+        if self._entry is None and self.loader is not None:
+            self._entry = self.loader.head(self.msg.blob_id)
+        return self._entry
 
     @property
     def raw(self) -> bytes:
         if self._raw is None:
-            self._raw = blobs.read(self.conn, self.cipher, self.msg.blob_id)
+            if self.loader is not None:
+                self._raw = self.loader.raw(self.msg.blob_id)
+            else:
+                self._raw = blobs.read(self.conn, self.cipher, self.msg.blob_id)
         return self._raw
 
     def range(self, start: int, end: int) -> bytes:
@@ -180,11 +198,29 @@ class Content:
 
     @property
     def head(self) -> mime.Part:
+        """The top-level header: header(), headers, fields(), header_bytes() only."""
         if self._root is not None:
             return self._root
         if self._head is None:
-            self._head = mime.parse_header_only(self.raw)
+            entry = self.entry
+            self._head = entry.head if entry is not None else mime.parse_header_only(self.raw)
         return self._head
+
+    def text(self) -> bytes:
+        """RFC822.TEXT: everything after the header."""
+        raw = self.raw
+        return raw[mime._split_header(raw, 0, len(raw)):]
+
+    def fragment(self, key: object, make: Callable[[], bytes]) -> bytes:
+        """A rendered piece of the response, kept with the cached header."""
+        entry = self.entry
+        if entry is None or self.loader is None:
+            return make()
+        found = entry.fragments.get(key)
+        if found is None:
+            found = make()
+            self.loader.cache.add_fragment(entry, key, found)
+        return found
 
 
 @dataclass
@@ -200,9 +236,9 @@ class FetchContext:
 
 
 def render(ctx: FetchContext, conn: sqlite3.Connection, cipher: blobs.BlobCipher,
-           msg: Message) -> bytes:
+           msg: Message, loader: msgcache.Loader | None = None) -> bytes:
     """One `* n FETCH (...)` line for a message."""
-    content = Content(conn, cipher, msg)
+    content = Content(conn, cipher, msg, loader)
     out: list[bytes] = []
     names_done: set[str] = set()
     if ctx.with_uid:
@@ -236,15 +272,17 @@ def _value(ctx: FetchContext, item: Item, msg: Message, content: Content) -> byt
     if name == "RFC822.SIZE":
         return b"%d" % msg.size
     if name == "ENVELOPE":
-        return wire.render(mime.envelope(content.head), ctx.utf8)
+        return content.fragment((name, ctx.utf8), lambda: wire.render(
+            mime.envelope(content.head), ctx.utf8))
     if name in ("BODY", "BODYSTRUCTURE"):
-        return wire.render(mime.body_structure(content.root, name == "BODYSTRUCTURE"), ctx.utf8)
+        return content.fragment((name, ctx.utf8), lambda: wire.render(
+            mime.body_structure(content.root, name == "BODYSTRUCTURE"), ctx.utf8))
     if name == "RFC822":
         return wire.literal(content.raw)
     if name == "RFC822.HEADER":
         return wire.literal(content.head.header_bytes())
     if name == "RFC822.TEXT":
-        return wire.literal(content.head.body_bytes())
+        return wire.literal(content.text())
     if name == "BODY[]":
         return _body_section(item, msg, content)
     if name in ("BINARY[]", "BINARY.SIZE"):
@@ -284,11 +322,13 @@ def _body_section(item: Item, msg: Message, content: Content) -> bytes:
             return wire.literal(data) if data else b'""'
         return wire.literal(content.raw)
     if not item.section and item.spec in ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT"):
-        head = content.head
         if item.spec == "HEADER":
-            data = head.header_bytes()
+            data = content.head.header_bytes()
         else:
-            data = head.fields(item.fields, item.spec == "HEADER.FIELDS.NOT")
+            negate = item.spec == "HEADER.FIELDS.NOT"
+            data = content.fragment(
+                (item.spec, tuple(f.lower() for f in item.fields)),
+                lambda: content.head.fields(item.fields, negate))
     else:
         found = mime.section_bytes(content.root, item.section, item.spec, item.fields)
         if found is None:

@@ -537,6 +537,8 @@ def _charset_decode(data: bytes, charset: str) -> str:
 
 def decode_words(value: bytes) -> str:
     """A header value with RFC 2047 encoded words decoded; raw UTF-8 is kept."""
+    if b"=?" not in value:   # no encoded word (the common case): nothing to substitute
+        return value.decode("utf-8", "replace")
     value = _BETWEEN_WORDS.sub(rb"\1\2", value)
 
     def one(m: re.Match[bytes]) -> bytes:
@@ -567,6 +569,29 @@ def text_parts(part: Part) -> list[Part]:
         elif p.mtype == "text":
             out.append(p)
     return out
+
+
+_IDENTITY = ("", "7bit", "8bit", "binary")
+
+
+def plain_text_charset(head: Part) -> str | None:
+    """For a message that is one text part with no transfer encoding, its charset.
+
+    Then `text_parts(parse(raw))` is just the root, and its text is the body
+    decoded with that charset: SEARCH BODY can skip building the MIME tree.
+    """
+    if _encoding(head) not in _IDENTITY:
+        return None
+    ctype = parse_content_type(head.header(b"content-type"))
+    if ctype is None:          # missing or unreadable: text/plain; charset=us-ascii
+        return "us-ascii"
+    mtype, _sub, params = ctype
+    if mtype != "text":
+        return None
+    for key, value in params:  # as Part.param: the first charset parameter
+        if key.lower() == "charset":
+            return value or "us-ascii"
+    return "us-ascii"
 
 
 def part_text(part: Part) -> str:

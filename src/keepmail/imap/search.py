@@ -1,9 +1,12 @@
 """SEARCH programs (RFC 9051 section 6.4.4, RFC 3501 section 6.4.4).
 
 A program is parsed into a predicate over one message. Flag, size, date and
-number keys never touch the message bytes; header and text keys decrypt and
-parse the message lazily, once, and only if a cheaper key did not already
-decide. Also MODSEQ (RFC 7162 3.1.5) and `$` (RFC 5182 SEARCHRES).
+number keys never touch the message bytes; header keys read the shared
+decrypted-header cache (msgcache.py), filling it a batch of messages per
+query on a miss; body and text keys decrypt messages in batches on a store
+reader thread, and only if a cheaper key did not already decide. A message
+that is a single text part sent as is is searched without a MIME parse.
+Also MODSEQ (RFC 7162 3.1.5) and `$` (RFC 5182 SEARCHRES).
 
 Strings match case-insensitively as substrings of the decoded text: RFC 2047
 words in headers, transfer and charset encodings in bodies.
@@ -15,6 +18,7 @@ import datetime as dt
 import email.utils
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import mime
 from .parser import ParseError, Reader, SeqSet
@@ -28,33 +32,55 @@ class BadCharset(Exception):
     """SEARCH CHARSET we do not support: NO [BADCHARSET]."""
 
 
-@dataclass
 class Candidate:
-    """One message as search sees it."""
+    """One message as search sees it.
 
-    seq: int
-    uid: int
-    flags: frozenset[str]
-    internaldate: float
-    size: int
-    modseq: int
-    recent: bool
-    load: Callable[[], bytes]
-    _raw: bytes | None = None
-    _root: mime.Part | None = None
-    _head: mime.Part | None = None
+    With a loader (msgcache.Loader) the header comes from the shared header
+    cache and the bytes from the loader's current batch; without one, `load`
+    decrypts the message on first use.
+    """
+
+    __slots__ = ("_head", "_raw", "_root", "blob_id", "flags", "internaldate", "load",
+                 "loader", "modseq", "recent", "seq", "size", "uid")
+
+    def __init__(self, seq: int, uid: int, flags: frozenset[str], internaldate: float,
+                 size: int, modseq: int, recent: bool,
+                 load: Callable[[], bytes] | None = None, blob_id: int = 0,
+                 loader: Any = None) -> None:
+        self.seq, self.uid, self.flags = seq, uid, flags
+        self.internaldate, self.size, self.modseq, self.recent = internaldate, size, modseq, recent
+        self.load, self.blob_id, self.loader = load, blob_id, loader
+        self._raw: bytes | None = None
+        self._root: mime.Part | None = None
+        self._head: mime.Part | None = None
 
     @property
     def raw(self) -> bytes:
         if self._raw is None:
-            self._raw = self.load()
+            if self.loader is not None:
+                self._raw = self.loader.raw(self.blob_id)
+            else:
+                assert self.load is not None
+                self._raw = self.load()
         return self._raw
 
     @property
     def head(self) -> mime.Part:
+        """The top-level header (only header(), headers, fields(), header_bytes())."""
         if self._head is None:
-            self._head = self._root or mime.parse_header_only(self.raw)
+            if self._root is not None:
+                self._head = self._root
+            elif self.loader is not None:
+                self._head = self.loader.head(self.blob_id).head
+            else:
+                self._head = mime.parse_header_only(self.raw)
         return self._head
+
+    def folded(self, name: bytes) -> list[str]:
+        """Decoded, case-folded values of one header field."""
+        if self.loader is not None:
+            return self.loader.head(self.blob_id).folded(name)  # type: ignore[no-any-return]
+        return [_fold(mime.decode_words(v)) for k, v, _s, _e in self.head.headers if k == name]
 
     @property
     def root(self) -> mime.Part:
@@ -227,12 +253,12 @@ class Program:
         text = self._string()
         self.ctx.needs_content = True
 
+        name_l = name.lower()
+        if not text:
+            return lambda m: bool(m.folded(name_l))
+
         def pred(m: Candidate) -> bool:
-            name_l = name.lower()
-            for key, value, _s, _e in m.head.headers:
-                if key == name_l and (not text or text in _fold(mime.decode_words(value))):
-                    return True
-            return False
+            return any(text in value for value in m.folded(name_l))
         return pred
 
     def k_FROM(self) -> Pred:
@@ -267,7 +293,7 @@ class Program:
         self.ctx.needs_content = True
 
         def pred(m: Candidate) -> bool:
-            head = m.root.header_bytes()
+            head = m.head.header_bytes()
             return text in _fold(mime.decode_words(head)) or _body_has(m, text)
         return pred
 
@@ -285,7 +311,21 @@ class Program:
         return lambda m: m.modseq >= n
 
 
+_ASCII_SUPERSETS = frozenset((
+    "us-ascii", "ascii", "utf-8", "utf8", "iso-8859-1", "iso-8859-15", "latin1", "latin-1",
+    "windows-1252", "cp1252"))
+
+
 def _body_has(m: Candidate, text: str) -> bool:
+    if m.loader is not None:
+        entry = m.loader.head(m.blob_id)
+        charset = entry.plain_charset()
+        if charset:   # one text part sent as is: its text is the body, no MIME tree needed
+            raw = m.raw
+            if text.isascii() and raw.isascii() and charset.lower() in _ASCII_SUPERSETS:
+                # ASCII text decodes to itself and casefolds as lower(): same answer, no copies
+                return raw.lower().find(text.encode(), entry.body_offset) >= 0
+            return text in _fold(mime._charset_decode(raw[entry.body_offset:], charset))
     return any(text in _fold(mime.part_text(part)) for part in mime.text_parts(m.root))
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..store import Store
-from . import cmd_mailbox, cmd_message, cmd_session  # noqa: F401  (register commands)
+from . import cmd_mailbox, cmd_message, cmd_session, msgcache  # noqa: F401  (register commands)
 from .parser import Limits
 from .session import NOT_AUTHENTICATED, Bye, RecorderLike, Session
 
@@ -44,6 +44,7 @@ class ImapConfig:
     preauth_timeout: float = 60.0
     autologout: float = 31 * 60.0         # RFC 9051 5.4: at least 30 minutes
     shutdown_grace: float = 5.0
+    cache_bytes: int = msgcache.DEFAULT_MAX_BYTES   # decrypted headers kept in memory
 
 
 class NullRecorder:
@@ -130,6 +131,10 @@ class Connection(asyncio.Protocol):
             transport.write(b"* BYE Too many connections\r\n")
             transport.close()
             return
+        if self.server.implicit_tls and self.server.tls_context is not None:
+            # Before any byte can arrive: with uvloop the ClientHello may be delivered before
+            # _run gets to start_tls, and would otherwise be taken for plaintext and dropped.
+            self._begin_tls(self.server.tls_context)
         self.session = Session(self.server, self)
         self.task = asyncio.get_running_loop().create_task(self._run())
 
@@ -292,11 +297,16 @@ class Connection(asyncio.Protocol):
         context = self.server.tls_context
         if context is None:
             raise Bye("TLS is not configured")
+        if self.tls is None:
+            self._begin_tls(context)
+        assert self._handshake is not None
+        await asyncio.wait_for(self._handshake, self.server.config.preauth_timeout)
+        self.secure = True
+
+    def _begin_tls(self, context: ssl.SSLContext) -> None:
         self.buf.clear()  # never let plaintext sent before the handshake count (RFC 9051 11.1)
         self.tls = TlsLayer(context)
         self._handshake = asyncio.get_running_loop().create_future()
-        await asyncio.wait_for(self._handshake, self.server.config.preauth_timeout)
-        self.secure = True
 
     def start_compress(self) -> None:
         self.compressed = True
@@ -338,6 +348,8 @@ class ImapServer:
         self.auth_guard: Any = None   # set by the app: keepmail.abuse.authguard.AuthGuard
         self.connections: set[Connection] = set()
         self.recent_floor: dict[int, int] = {}   # mailbox id → highest UID claimed as \Recent
+        # Decrypted headers, shared by every listener on this store (memory only).
+        self.cache = msgcache.cache_for(store, self.config.cache_bytes)
         self._per_ip: Counter[str] = Counter()
         self._server: asyncio.Server | None = None
         self._watchdog: asyncio.Task[None] | None = None

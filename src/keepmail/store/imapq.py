@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from . import blobs, mail
-from .models import Message
+from .models import Message, format_flags
 
 
 def uids(conn: sqlite3.Connection, mailbox_id: int) -> list[int]:
@@ -112,3 +113,130 @@ def append_sealed(conn: sqlite3.Connection, mailbox_id: int,
         new.append(uid)
     return new
 
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def _plain(conn: sqlite3.Connection) -> sqlite3.Cursor:
+    """A cursor yielding plain tuples (cheaper than sqlite3.Row for bulk reads)."""
+    cur = conn.cursor()
+    cur.row_factory = None
+    return cur
+
+
+def sealed_first_chunks(conn: sqlite3.Connection, blob_ids: Sequence[int]
+                        ) -> list[tuple[int, int, bytes]]:
+    """(blob id, blob size, sealed chunk 0) for many blobs in one query (still encrypted)."""
+    out: list[tuple[int, int, bytes]] = []
+    for start in range(0, len(blob_ids), 500):
+        part = list(blob_ids[start:start + 500])
+        out += _plain(conn).execute(
+            "SELECT b.id, b.size, c.data FROM blobs b JOIN blob_chunks c"
+            f" ON c.blob_id = b.id AND c.idx = 0 WHERE b.id IN ({_marks(len(part))})", part
+        ).fetchall()
+    return out
+
+
+def sealed_blobs(conn: sqlite3.Connection, blob_ids: Sequence[int]
+                 ) -> list[tuple[int, int, int, bytes]]:
+    """(blob id, blob size, chunk index, sealed chunk) of whole blobs, by blob then index."""
+    out: list[tuple[int, int, int, bytes]] = []
+    for start in range(0, len(blob_ids), 500):
+        part = list(blob_ids[start:start + 500])
+        out += _plain(conn).execute(
+            "SELECT b.id, b.size, c.idx, c.data FROM blobs b JOIN blob_chunks c"
+            f" ON c.blob_id = b.id WHERE b.id IN ({_marks(len(part))})"
+            " ORDER BY b.id, c.idx", part).fetchall()
+    return out
+
+
+def message_rows(conn: sqlite3.Connection, mailbox_id: int
+                 ) -> list[tuple[int, str, float, int, int, int]]:
+    """(uid, flags, internaldate, size, modseq, blob id) of a whole mailbox, by UID."""
+    return _plain(conn).execute(
+        "SELECT uid, flags, internaldate, size, modseq, blob_id FROM messages"
+        " WHERE mailbox_id = ? ORDER BY uid", (mailbox_id,)).fetchall()
+
+
+class FlagRow(NamedTuple):
+    """A message's flags after STORE (what the FETCH responses need)."""
+
+    uid: int
+    flags: frozenset[str]
+    modseq: int
+
+
+def store_flags(conn: sqlite3.Connection, mailbox_id: int, uids: Sequence[int],
+                flags: Sequence[str], mode: str, unchangedsince: int | None = None
+                ) -> tuple[list[FlagRow], list[int], list[FlagRow]]:
+    """Set, add or remove flags with one UPDATE per distinct flag set, not per message.
+
+    Same semantics as mail.store_flags. Returns (changed rows, uids failing
+    UNCHANGEDSINCE, the current rows of every message asked for).
+    """
+    wanted = set(uids)
+    if not wanted:
+        return [], [], []
+    lo, hi = min(wanted), max(wanted)
+    rows = _plain(conn).execute(
+        "SELECT id, uid, flags, modseq FROM messages WHERE mailbox_id = ?"
+        " AND uid BETWEEN ? AND ? ORDER BY uid", (mailbox_id, lo, hi)).fetchall()
+    whole_range = True          # every row in [lo, hi] is one we may change
+    groups: dict[str, list[tuple[int, int, int]]] = {}
+    failed: list[int] = []
+    picked: list[tuple[int, int, str, int]] = []
+    for row_id, uid, text, modseq in rows:
+        if uid not in wanted:
+            whole_range = False
+            continue
+        picked.append((row_id, uid, text, modseq))
+        if unchangedsince is not None and modseq > unchangedsince:
+            failed.append(uid)
+            whole_range = False
+            continue
+        groups.setdefault(text, []).append((row_id, uid, modseq))
+    flag_set = set(flags)
+    new_sets: dict[str, frozenset[str]] = {}
+    for text in groups:
+        old = frozenset(text.split())
+        new = mail._apply_flags(old, flag_set, mode)
+        if new != old:
+            new_sets[text] = new
+    if not new_sets:
+        current = [FlagRow(uid, frozenset(text.split()), modseq)
+                   for _i, uid, text, modseq in picked]
+        return [], failed, current
+    row = conn.execute("UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ?"
+                       " RETURNING highestmodseq", (mailbox_id,)).fetchone()
+    if row is None:
+        raise mail.MailboxError(f"mailbox {mailbox_id} does not exist")
+    new_modseq = int(row[0])
+    for text, new in new_sets.items():
+        members = groups[text]
+        if whole_range:
+            conn.execute("UPDATE messages SET flags = ?, modseq = ? WHERE mailbox_id = ?"
+                         " AND uid BETWEEN ? AND ? AND flags = ?",
+                         (format_flags(new), new_modseq, mailbox_id, lo, hi, text))
+            continue
+        for start in range(0, len(members), 500):
+            ids = [m[0] for m in members[start:start + 500]]
+            conn.execute(f"UPDATE messages SET flags = ?, modseq = ? WHERE id IN"
+                         f" ({_marks(len(ids))})", (format_flags(new), new_modseq, *ids))
+    changed: list[FlagRow] = []
+    current: list[FlagRow] = []
+    sets: dict[str, frozenset[str]] = {}
+    failed_set = set(failed)
+    for _i, uid, text, modseq in picked:
+        new = new_sets.get(text)
+        if new is not None and uid not in failed_set:
+            item = FlagRow(uid, new, new_modseq)
+            changed.append(item)
+        else:
+            old = sets.get(text)
+            if old is None:
+                old = sets[text] = frozenset(text.split())
+            item = FlagRow(uid, old, modseq)
+        current.append(item)
+    return changed, failed, current
