@@ -24,10 +24,12 @@ from .imap.server import ImapConfig, ImapServer
 from .inbound.authchecks import AuthChecks
 from .inbound.defenses import Greylister, GreylistPolicy
 from .inbound.lists import sender_list_check
-from .inbound.mx import MxHandler, MxPolicy
+from .inbound.mx import CheckContext, MxHandler, MxPolicy
 from .inbound.quarantine import quarantine
 from .inbound.verdict import Thresholds
+from .mailauth import arc
 from .maintenance import Maintenance
+from .outbound.dkimkeys import DkimKeys
 from .outbound.wiring import build_outbound
 from .recorder import Recorder
 from .smtp.protocol import Limits
@@ -152,7 +154,7 @@ class App:
                           is_local_domain=self.is_local_domain,
                           block_lists=inbound.dnsbl_zones, allow_lists=inbound.dnswl_zones)
         on = inbound.sender_checks
-        return MxHandler(self.store, policy=policy, greylister=greylister,
+        handler = MxHandler(self.store, policy=policy, greylister=greylister,
                          envelope_checks=[auth.envelope] if on else [],
                          checks=([auth.message] if on else []) + [
                              sender_list_check(self.store)] + (
@@ -160,6 +162,16 @@ class App:
                              if cfg.spam.classifier else []),
                          forwarder=getattr(self, "forwarder", None),
                          quarantiner=lambda ctx: quarantine(self.store, ctx))
+        dkim = DkimKeys(self.store)
+
+        def seal_keys(domain: str) -> list[arc.SealKey]:
+            return [arc.SealKey(k.domain, k.selector, k.key) for k in dkim.signing_keys(domain)]
+
+        async def seal(raw: bytes, domain: str, ctx: CheckContext) -> bytes:
+            return await auth.arc_seal(raw, domain, ctx, seal_keys)
+
+        handler.arc_sealer = seal
+        return handler
 
     def address_of(self, account_id: int) -> str | None:
         account = self.store.read_now(lambda c: accounts.get_account_by_id(c, account_id))

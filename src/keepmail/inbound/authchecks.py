@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from ..dnsx import dnsbl, fcrdns
 from ..dnsx.resolver import Resolver
-from ..mailauth import authresults
+from ..mailauth import arc, authresults
 from ..mailauth.check import check_message
 from ..mailauth.spf import check_spf
 from ..smtp.handler import Envelope, Session
@@ -86,6 +86,7 @@ class AuthChecks:
                                      mail_from=env.sender.address, resolver=self.resolver,
                                      authserv_id=self.authserv_id, deadline=self.deadline)
         ctx.headers.append(f"Authentication-Results: {report.header}\r\n".encode())
+        ctx.auth_results = report.header
         dm = report.dmarc
         ctx.auth.update(spf=report.spf.result, dkim=report.dkim_result, dmarc=dm.result,
                         arc=report.arc.cv)
@@ -112,6 +113,22 @@ class AuthChecks:
                               f"{from_domain} but is not authenticated",
                               force=Action.REJECT))
         return rules
+
+    async def arc_seal(self, raw: bytes, domain: str, ctx: CheckContext,
+                       keys: Callable[[str], list[arc.SealKey]]) -> bytes:
+        """ARC headers sealing raw for `domain`, or b"" (no key, malformed chain)."""
+        usable = [k for k in keys(domain) if k.algorithm == "rsa-sha256"]
+        if not usable:
+            return b""
+        results = ctx.auth_results or f"{self.authserv_id}; none"
+        if results.startswith(self.authserv_id):
+            results = results[len(self.authserv_id):].lstrip("; ") or "none"
+        try:
+            return await arc.seal(raw, usable[0], self.resolver, authserv_id=self.authserv_id,
+                                  auth_results=results)
+        except Exception as exc:  # a forward without ARC beats a lost message
+            ctx.session.record("arc-seal-failed", error=repr(exc))
+            return b""
 
     @staticmethod
     def _dmarc_fail(policy: str, domain: str) -> list[Rule]:

@@ -42,6 +42,7 @@ class CheckContext:
     headers: list[bytes] = field(default_factory=list)   # fields to prepend
     accounts: list[int] = field(default_factory=list)
     auth: dict[str, str] = field(default_factory=dict)   # spf/dkim/dmarc/arc results
+    auth_results: str = ""                               # our Authentication-Results value
 
 
 # A check adds rules to ctx.verdict (and may add header fields to prepend).
@@ -52,6 +53,9 @@ EnvelopeCheck = Callable[[Session, Envelope], Awaitable[list[Rule]]]
 Forwarder = Callable[[sqlite3.Connection, int, CheckContext, list[str]], None]
 # Called with a message the verdict says to quarantine; returns its id.
 Quarantiner = Callable[[CheckContext], Awaitable[str]]
+# Returns ARC header fields to prepend (RFC 8617) before mail is forwarded outside,
+# for the domain of the forwarding address; b"" when it cannot seal.
+ArcSealer = Callable[[bytes, str, CheckContext], Awaitable[bytes]]
 
 
 @dataclass
@@ -81,6 +85,7 @@ class MxHandler(Handler):
         # Told (account id, sender) for mail landing in an Inbox: its sender becomes
         # a known correspondent (the abuse guard's signal for normal replies).
         self.on_inbox: Callable[[int, str], None] | None = None
+        self.arc_sealer: ArcSealer | None = None
         self._connections = RateLimiter(self.policy.connections_per_minute)
         self._messages = RateLimiter(self.policy.messages_per_minute)
 
@@ -197,6 +202,13 @@ class MxHandler(Handler):
         fields = [s.received_header(single), *ctx.headers,
                   mailmsg.format_field("X-Keepmail-Verdict", verdict.header_value())]
         raw = mailmsg.prepend(ctx.message, *fields)
+        if remote and self.arc_sealer is not None:
+            # Forwarding breaks SPF downstream; an ARC set lets the next hop see what
+            # we verified (RFC 8617). One blob serves local copies and the forward.
+            forwarding_domain = next((r.domain for r, route in zip(
+                env.rcpts, env.notes.get("routes", []), strict=False) if route.remote),
+                env.rcpts[0].domain)
+            raw = await self.arc_sealer(raw, forwarding_domain, ctx) + raw
         message_id = (mailmsg.header(ctx.message, "Message-ID") or "").strip()
         subject = mailmsg.header(ctx.message, "Subject") or ""
         s.recorder.update(env.trace_id, message_id=message_id, subject=subject[:200])
