@@ -239,3 +239,31 @@ def test_user_sender_lists(tmp_path: Path) -> None:
         assert b"sender-allowed" in inbox
     finally:
         srv.stop()
+
+
+def test_dns_block_and_allow_lists_served_locally(tmp_path: Path) -> None:
+    from tests.support.server import shared_dns
+
+    dns = shared_dns()
+    # 127.0.0.88 is listed on the block list, 127.0.0.89 on the allow list (RFC 5782 2.1).
+    dns.add("88.0.0.127.bl.example.test", "A", "127.0.0.2")
+    dns.add("88.0.0.127.bl.example.test", "TXT", "listed for spamming, see bl.example.test")
+    dns.add("89.0.0.127.wl.example.test", "A", "127.0.0.2")
+    srv = start(tmp_path, dnsbl_zones=["bl.example.test"], dnswl_zones=["wl.example.test"])
+    try:
+        for ip in ("127.0.0.88", "127.0.0.89"):
+            with smtplib.SMTP(srv.host, srv.port("smtp"), source_address=(ip, 0),
+                              local_hostname="mail.sender.test") as c:
+                c.sendmail("a@sender.test", ["bob@example.test"],
+                           f"Subject: from {ip}\r\n\r\nhello\r\n".encode())
+        inbox = mailbox_messages(srv.store, "bob@example.test")
+        assert [m for m in inbox if b"from 127.0.0.89" in m], "allow-listed sender delivered"
+        allowed = next(m for m in inbox if b"from 127.0.0.89" in m)
+        assert b"dnswl:wl.example.test=-3" in allowed
+        assert not [m for m in inbox if b"from 127.0.0.88" in m], "listed sender not in Inbox"
+        held = srv.store.read_now(lambda conn: qstore.list_entries(conn))
+        junk = mailbox_messages(srv.store, "bob@example.test", "Junk")
+        listed = [e.verdict for e in held] + [m.decode() for m in junk]
+        assert any("dnsbl:bl.example.test=+10" in v for v in listed), listed
+    finally:
+        srv.stop()
