@@ -23,7 +23,7 @@ from .dnsx.resolver import Resolver
 from .imap.server import ImapConfig, ImapServer
 from .inbound.authchecks import AuthChecks
 from .inbound.defenses import Greylister, GreylistPolicy
-from .inbound.lists import sender_list_check
+from .inbound.lists import correspondent_check, sender_list_check
 from .inbound.mx import CheckContext, MxHandler, MxPolicy
 from .inbound.quarantine import quarantine
 from .inbound.verdict import Thresholds
@@ -157,7 +157,8 @@ class App:
         handler = MxHandler(self.store, policy=policy, greylister=greylister,
                          envelope_checks=[auth.envelope] if on else [],
                          checks=([auth.message] if on else []) + [
-                             sender_list_check(self.store)] + (
+                             sender_list_check(self.store),
+                             correspondent_check(self.store)] + (
                              [content_check(self.classifier, self.address_of)]
                              if cfg.spam.classifier else []),
                          forwarder=getattr(self, "forwarder", None),

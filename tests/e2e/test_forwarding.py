@@ -80,3 +80,35 @@ def test_alias_forward_keeps_dmarc_pass_via_arc(tmp_path: Path) -> None:
     finally:
         srv.call(sink.close())
         srv.stop()
+
+
+def test_replies_from_correspondents_are_trusted(tmp_path: Path) -> None:
+    from tests.support.server import PASSWORD, mailbox_messages, shared_dns
+
+    dns = shared_dns()
+    dns.set_zone({"partner.test": [("TXT", "v=spf1 ip4:127.0.0.0/8 -all")]})
+    sink = ScriptedSmtp(WORLD)
+    path = write_config(tmp_path, extra={"outbound": {"mta_sts": False, "dane": False}})
+    cfg = configmod.load(path)
+    add_users(cfg, "bob@example.test")
+    srv = InProcessServer(cfg, free_port_offset()).start()
+    try:
+        srv.call(sink.start())
+        with smtplib.SMTP(srv.host, srv.port("submission")) as c:
+            c.starttls(context=__import__("ssl")._create_unverified_context())
+            c.login("bob@example.test", PASSWORD)
+            c.sendmail("bob@example.test", ["ann@partner.test"],
+                       b"From: bob@example.test\r\nSubject: offer\r\n\r\nHello Ann\r\n")
+        for sender in ("ann@partner.test", "stranger@partner.test"):
+            with smtplib.SMTP(srv.host, srv.port("smtp"),
+                              local_hostname="mx.partner.test") as c:
+                c.sendmail(sender, ["bob@example.test"],
+                           f"From: {sender}\r\nSubject: re\r\n\r\nthanks\r\n".encode())
+        inbox = mailbox_messages(srv.store, "bob@example.test")
+        reply = next(m for m in inbox if b"From: ann@partner.test" in m)
+        other = next(m for m in inbox if b"From: stranger@partner.test" in m)
+        assert b"known-correspondent=-3" in reply
+        assert b"known-correspondent" not in other
+    finally:
+        srv.call(sink.close())
+        srv.stop()

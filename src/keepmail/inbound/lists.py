@@ -13,7 +13,7 @@ import sqlite3
 from email.utils import parseaddr
 
 from .. import mailmsg
-from ..store import Store, senderlists
+from ..store import Store, contacts, senderlists
 from .mx import Check, CheckContext
 from .verdict import Action, Rule
 
@@ -36,6 +36,28 @@ def sender_list_check(store: Store) -> Check:
                                  force=Action.JUNK))
         else:
             ctx.verdict.add(Rule("sender-allowed", -5.0, "the recipient allowed this sender"))
+
+    return check
+
+
+def correspondent_check(store: Store) -> Check:
+    """Mail from someone every recipient has written to is very likely wanted.
+
+    The trust is full only when the sender's domain vouched for the message
+    (SPF or DMARC pass): a spammer can forge a known address but not its
+    domain's authentication.
+    """
+    async def check(ctx: CheckContext) -> None:
+        sender = ctx.envelope.sender.address.lower()
+        if not ctx.accounts or not sender:
+            return
+        if not all(store.read_now(lambda c: [contacts.known(c, a, sender)
+                                             for a in ctx.accounts])):
+            return
+        authenticated = "pass" in (ctx.auth.get("dmarc"), ctx.auth.get("spf"))
+        ctx.verdict.add(Rule("known-correspondent", -3.0 if authenticated else -1.0,
+                             f"the recipient wrote to {sender} before"
+                             + ("" if authenticated else " (sender not authenticated)")))
 
     return check
 

@@ -25,7 +25,7 @@ from ..mailauth import dkim_sign
 from ..smtp.address import Path
 from ..smtp.handler import Envelope, Handler, Session
 from ..smtp.reply import Reply, r
-from ..store import Copy, Store, accounts
+from ..store import Copy, Store, accounts, contacts
 from ..store import mail as mailq
 from ..store import queue as q
 from ..store.auth import Authenticator
@@ -172,6 +172,8 @@ class SubmissionHandler(Handler):
         held = bool(envelope.notes.get("hold"))
 
         def enqueue(conn: sqlite3.Connection, blob_id: int) -> None:
+            # Whoever the user writes to becomes a trusted correspondent for the MX.
+            contacts.record(conn, account.id, [p.address for p in envelope.rcpts])
             if remote:
                 queued.append(q.enqueue_rows(
                     conn, blob_id, len(raw), envelope.sender.address, remote,

@@ -3,7 +3,7 @@
 Importing this package registers every component's schema migrations.
 """
 
-from . import greylist, quarantine, schema, senderlists  # noqa: F401  (register migrations)
+from . import contacts, greylist, quarantine, schema, senderlists  # noqa: F401  (migrations)
 from .store import Copy, Store
 
 __all__ = ["Copy", "Store"]
