@@ -72,6 +72,7 @@ class App:
         self.tls_context = server_context(self.tls_files)
         self.resolver = Resolver(cfg.dns.nameservers or None, timeout=cfg.dns.timeout)
         self._local_domains: TtlCache[str, bool] = TtlCache()
+        self._addresses: TtlCache[int, str | None] = TtlCache()
         self._ensure_domains()
 
     def _tls_files(self) -> CertFiles:
@@ -114,7 +115,9 @@ class App:
         mx_port = cfg.port("smtp", self.port_offset)
         if mx_port:
             mx = self.mx_handler()
-            mx.on_inbox = guards.outbound.received_from
+            received_from = guards.outbound.received_from
+            mx.on_inbox = lambda account_id, sender: received_from(
+                self.address_of(account_id) or account_id, sender)
             self.add("smtp", mx_port, SmtpServer(
                 self._listener("mx", mx_port), mx, hostname=cfg.server.hostname,
                 recorder=self.recorder, tls_context=self.tls_context))
@@ -175,8 +178,7 @@ class App:
         return handler
 
     def address_of(self, account_id: int) -> str | None:
-        account = self.store.read_now(lambda c: accounts.get_account_by_id(c, account_id))
-        return account.address if account else None
+        return self._addresses.get(account_id, lambda: _address(self.store, account_id))
 
     def is_local_domain(self, domain: str) -> bool:
         name = domain.lower().rstrip(".")
@@ -215,3 +217,8 @@ class App:
         finally:
             log.info("shutting down: finishing sessions in flight")
             await self.stop()
+
+
+def _address(store: Store, account_id: int) -> str | None:
+    account = store.read_now(lambda c: accounts.get_account_by_id(c, account_id))
+    return account.address if account else None

@@ -61,8 +61,7 @@ def build_abuse(app: App, *, content_score: Callable[[bytes], float] | None = No
         domain = address.rpartition("@")[2].lower().rstrip(".")
         if domain in domains:
             return True
-        return app.store.read_now(lambda c: c.execute(
-            "SELECT 1 FROM domains WHERE name = ?", (domain,)).fetchone()) is not None
+        return app.is_local_domain(domain)  # cached look-up
 
     outbound = OutboundGuard(settings, store=app.store, recorder=app.recorder, alerter=alerter,
                              is_local=is_local, content_score=content_score)

@@ -13,14 +13,23 @@ import sqlite3
 from email.utils import parseaddr
 
 from .. import mailmsg
+from ..cache import TtlCache
 from ..store import Store, contacts, senderlists
 from .mx import Check, CheckContext
 from .verdict import Action, Rule
 
 
 def sender_list_check(store: Store) -> Check:
+    # Most accounts have no lists: remember that for a moment instead of asking
+    # the database (and parsing From:) for every message.
+    has_lists: TtlCache[int, bool] = TtlCache()
+
+    def any_lists(account_id: int) -> bool:
+        return has_lists.get(account_id, lambda: bool(store.read_now(
+            lambda c: senderlists.list_for(c, account_id))))
+
     async def check(ctx: CheckContext) -> None:
-        if not ctx.accounts:
+        if not ctx.accounts or not any(any_lists(a) for a in ctx.accounts):
             return
         senders = {ctx.envelope.sender.address.lower()}
         from_addr = parseaddr(mailmsg.header(ctx.message, "From") or "")[1].lower()
@@ -47,12 +56,17 @@ def correspondent_check(store: Store) -> Check:
     (SPF or DMARC pass): a spammer can forge a known address but not its
     domain's authentication.
     """
+    known: TtlCache[tuple[int, str], bool] = TtlCache()
+
+    def is_known(account_id: int, sender: str) -> bool:
+        return known.get((account_id, sender), lambda: store.read_now(
+            lambda c: contacts.known(c, account_id, sender)))
+
     async def check(ctx: CheckContext) -> None:
         sender = ctx.envelope.sender.address.lower()
         if not ctx.accounts or not sender:
             return
-        if not all(store.read_now(lambda c: [contacts.known(c, a, sender)
-                                             for a in ctx.accounts])):
+        if not all(is_known(a, sender) for a in ctx.accounts):
             return
         authenticated = "pass" in (ctx.auth.get("dmarc"), ctx.auth.get("spf"))
         ctx.verdict.add(Rule("known-correspondent", -3.0 if authenticated else -1.0,
