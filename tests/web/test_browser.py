@@ -61,7 +61,7 @@ def shot(driver: object, name: str) -> None:
     driver.set_window_size(1280, 900)
 
 
-def wait_text(driver: object, text: str, timeout: float = 10) -> None:
+def wait_text(driver: object, text: str, timeout: float = 30) -> None:
     WebDriverWait(driver, timeout).until(ec.text_to_be_present_in_element(
         (By.TAG_NAME, "body"), text))
 
