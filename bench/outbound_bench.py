@@ -175,7 +175,7 @@ def spool_files(spool: Path) -> int:
 
 
 def bench_postfix(n: int, c: int, size: int, sink_port: int) -> float:
-    from tests.outbound.postfix_peer import Postfix, free_port
+    from tests.support.postfix import Postfix, free_port
 
     port = free_port(POSTFIX)
     pf = Postfix.start(POSTFIX, port, f"{SINK}:{sink_port}", domains="sink.test",
@@ -251,7 +251,7 @@ def main() -> None:
     if args.client:
         client_main(args)
         return
-    from tests.outbound.postfix_peer import Sink, free_port
+    from tests.support.postfix import Sink, free_port
 
     sink_port = free_port(SINK)
     sink = Sink.start(SINK, sink_port, backlog=512)

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from keepmail.outbound.dkimkeys import DkimKeys
+from tests.support.postfix import free_port
 
 from .conftest import CA, FAST, asubmit, make_org, message, run, wait_for, with_settings
 from .peers import LocalDns
-from .postfix_peer import free_port
 
 A_HOST, B_HOST = "127.0.0.61", "127.0.0.62"
 VERIFIER_DNS = "127.0.0.153"   # port 53 here, for tools that only read resolv.conf

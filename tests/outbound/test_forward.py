@@ -9,10 +9,10 @@ import smtplib
 from pathlib import Path
 
 from keepmail.outbound import forwarding
+from tests.support.postfix import free_port
 
 from .conftest import CA, FAST, Org, make_org, message, run, wait_for, with_settings
 from .peers import LocalDns, PeerSession, ScriptedSmtp
-from .postfix_peer import free_port
 
 HOST, PEER = "127.0.0.101", "127.0.0.102"
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.postfix import Postfix, Sink, free_port
+
 from .conftest import CA, FAST, asubmit, make_org, message, run, wait_for, with_settings
 from .peers import LocalDns
-from .postfix_peer import Postfix, Sink, free_port
 
 HOST, POSTFIX, SINK = "127.0.0.71", "127.0.0.72", "127.0.0.73"
 

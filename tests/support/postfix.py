@@ -52,7 +52,7 @@ def wait_port(host: str, port: int, timeout: float = 20.0) -> None:
     raise RuntimeError(f"nothing listens on {host}:{port}")
 
 
-def free_port(host: str) -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
