@@ -322,6 +322,79 @@ def alias_del(config_path: Path, address: str, target: str | None) -> None:
     click.echo(f"deleted alias {address}" + (f" -> {target}" if target else ""))
 
 
+# -- sender lists ----------------------------------------------------------------
+@main.group()
+def senders() -> None:
+    """Allowed and blocked senders, for one user or a whole domain."""
+
+
+def _owner(conn: Any, user: str | None, domain_name: str | None) -> int:
+    from .store import senderlists
+
+    if bool(user) == bool(domain_name):
+        raise StoreError("give exactly one of --user ADDRESS or --domain DOMAIN")
+    if user:
+        acct = accounts.get_account(conn, user)
+        if acct is None:
+            raise StoreError(f"no account {user}")
+        return acct.id
+    dom = accounts.get_domain(conn, domain_name or "")
+    if dom is None:
+        raise StoreError(f"no domain {domain_name}")
+    return senderlists.domain_owner(dom.id)
+
+
+owner_options = [click.option("--user", default=None, help="An account's own list."),
+                 click.option("--domain", "domain_name", default=None,
+                              help="The list for every account of a domain.")]
+
+
+def _with_owner(f: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(owner_options):
+        f = option(f)
+    return f
+
+
+@senders.command("add")
+@config_option
+@_with_owner
+@click.argument("kind", type=click.Choice(["allow", "block"]))
+@click.argument("pattern")
+def senders_add(config_path: Path, user: str | None, domain_name: str | None, kind: str,
+                pattern: str) -> None:
+    """PATTERN is an address or @domain (which covers its subdomains)."""
+    from .store import senderlists
+
+    entry = with_store(config_path, lambda c: senderlists.add(
+        c, _owner(c, user, domain_name), kind, pattern))
+    click.echo(f"{entry.kind} {entry.pattern}")
+
+
+@senders.command("list")
+@config_option
+@_with_owner
+def senders_list(config_path: Path, user: str | None, domain_name: str | None) -> None:
+    from .store import senderlists
+
+    for e in with_store(config_path, lambda c: senderlists.list_for(
+            c, _owner(c, user, domain_name))):
+        click.echo(f"{e.kind:<6} {e.pattern}")
+
+
+@senders.command("del")
+@config_option
+@_with_owner
+@click.argument("pattern")
+def senders_del(config_path: Path, user: str | None, domain_name: str | None,
+                pattern: str) -> None:
+    from .store import senderlists
+
+    if not with_store(config_path, lambda c: senderlists.remove(
+            c, _owner(c, user, domain_name), pattern)):
+        raise click.ClickException(f"{pattern} is not on that list")
+    click.echo(f"removed {pattern}")
+
+
 # -- quarantine ------------------------------------------------------------------
 @main.group()
 def quarantine() -> None:

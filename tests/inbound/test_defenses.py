@@ -267,3 +267,46 @@ def test_dns_block_and_allow_lists_served_locally(tmp_path: Path) -> None:
         assert any("dnsbl:bl.example.test=+10" in v for v in listed), listed
     finally:
         srv.stop()
+
+
+def test_own_domain_forged_from_outside_is_refused(tmp_path: Path) -> None:
+    srv = start(tmp_path)
+    try:
+        c = client_from("127.0.0.92", srv)
+        c.reply()
+        c.cmd(b"EHLO mail.sender.test")
+        code, text = c.cmd(b"MAIL FROM:<ceo@example.test>")
+        assert code == 550 and b"is our domain" in text
+        # A From: header claiming us is refused too, whatever the envelope says.
+        assert c.cmd(b"MAIL FROM:<x@sender.test>")[0] == 250
+        assert c.cmd(b"RCPT TO:<bob@example.test>")[0] == 250
+        assert c.cmd(b"DATA")[0] == 354
+        code, text = c.cmd(b"From: ceo@example.test\r\nSubject: wire money\r\n\r\nnow\r\n.")
+        assert code == 550 and b"claims our domain" in text
+        assert mailbox_messages(srv.store, "bob@example.test") == []
+    finally:
+        srv.stop()
+
+
+def test_domain_wide_sender_list_via_cli(tmp_path: Path) -> None:
+    srv = start(tmp_path)
+    try:
+        km = [sys.executable, "-m", "keepmail.cli", "senders"]
+        cfg = ["--config", str(srv.config.path)]
+        subprocess.run([*km, "add", *cfg, "--domain", "example.test", "block", "@spammy.test"],
+                       check=True, capture_output=True)
+        listed = subprocess.run([*km, "list", *cfg, "--domain", "example.test"],
+                                check=True, capture_output=True, text=True).stdout
+        assert "block  @spammy.test" in listed
+        bad = subprocess.run([*km, "add", *cfg, "block", "@x.test"], capture_output=True,
+                             text=True)
+        assert bad.returncode != 0 and "exactly one of" in bad.stderr
+        time.sleep(2.1)  # the MX caches "no lists here" for two seconds
+        with smtplib.SMTP(srv.host, srv.port("smtp"), source_address=("127.0.0.93", 0),
+                          local_hostname="mail.sender.test") as c:
+            c.sendmail("deals@news.spammy.test", ["bob@example.test"],
+                       b"Subject: deal\r\n\r\nx\r\n")
+        [junk] = mailbox_messages(srv.store, "bob@example.test", "Junk")
+        assert b"sender-blocked" in junk
+    finally:
+        srv.stop()

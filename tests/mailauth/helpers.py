@@ -27,8 +27,8 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def resolver(server: DnsServer, **kw: Any) -> Resolver:
-    kw.setdefault("timeout", 0.2)
-    kw.setdefault("lifetime", 0.5)
+    kw.setdefault("timeout", 0.5)
+    kw.setdefault("lifetime", 1.5)
     kw.setdefault("cache", False)
     return Resolver([server.nameserver], **kw)
 

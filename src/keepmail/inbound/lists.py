@@ -1,6 +1,7 @@
 """Users' own allow and block lists of senders, as verdict rules.
 
-A list applies to the envelope sender and to the From: address (people think
+Lists are per account, with a per-domain list (set by the admin) behind
+each account's own. A list applies to the envelope sender and to the From: address (people think
 in From:). When a message goes to several accounts, a list counts only if
 they all agree, since one copy is stored for all of them. Allowing a sender
 is a strong signal, not a pass: a DMARC p=reject failure (forged mail)
@@ -25,8 +26,8 @@ def sender_list_check(store: Store) -> Check:
     has_lists: TtlCache[int, bool] = TtlCache()
 
     def any_lists(account_id: int) -> bool:
-        return has_lists.get(account_id, lambda: bool(store.read_now(
-            lambda c: senderlists.list_for(c, account_id))))
+        return has_lists.get(account_id, lambda: store.read_now(
+            lambda c: senderlists.has_any(c, account_id)))
 
     async def check(ctx: CheckContext) -> None:
         if not ctx.accounts or not any(any_lists(a) for a in ctx.accounts):
@@ -77,7 +78,7 @@ def correspondent_check(store: Store) -> Check:
 
 
 def _verdict(conn: sqlite3.Connection, account_id: int, senders: set[str]) -> str | None:
-    found = {senderlists.lookup(conn, account_id, s) for s in senders}
+    found = {senderlists.lookup_for_account(conn, account_id, s) for s in senders}
     if "block" in found:
         return "block"
     return "allow" if "allow" in found else None

@@ -6,6 +6,11 @@ A pattern is a full address (`boss@example.com`) or a domain written
 more specific domain beats a shorter one, so "block @example.com but allow
 boss@example.com" does what people mean.
 
+Lists belong to an account, or to a whole domain: a domain's list is kept
+under the owner id `domain_owner(domain_id)` (a negative number, so it can
+never collide with an account id) and applies to every account of the
+domain that has no entry of its own for that sender.
+
 Inbound use: `lookup(conn, account_id, sender)` gives "allow", "block" or
 None. The MX should treat "allow" as a strong negative spam score (never
 overriding a DMARC failure, or anyone could forge an allowed sender) and
@@ -106,6 +111,29 @@ def lookup(conn: sqlite3.Connection, account_id: int, sender: str) -> str | None
         if candidate in found:
             return str(found[candidate])
     return None
+
+
+def domain_owner(domain_id: int) -> int:
+    """The owner id under which a domain-wide list is stored."""
+    return -domain_id
+
+
+def lookup_for_account(conn: sqlite3.Connection, account_id: int, sender: str) -> str | None:
+    """The account's own verdict for sender, else its domain's."""
+    verdict = lookup(conn, account_id, sender)
+    if verdict is not None:
+        return verdict
+    row = conn.execute("SELECT domain_id FROM accounts WHERE id = ?", (account_id,)).fetchone()
+    return lookup(conn, domain_owner(row[0]), sender) if row else None
+
+
+def has_any(conn: sqlite3.Connection, account_id: int) -> bool:
+    """Whether the account or its domain has any list entry at all."""
+    row = conn.execute("SELECT domain_id FROM accounts WHERE id = ?", (account_id,)).fetchone()
+    owners = (account_id, domain_owner(row[0])) if row else (account_id,)
+    marks = ",".join("?" * len(owners))
+    return conn.execute(f"SELECT 1 FROM sender_lists WHERE account_id IN ({marks}) LIMIT 1",
+                        owners).fetchone() is not None
 
 
 def _entry(row: sqlite3.Row) -> Entry:
