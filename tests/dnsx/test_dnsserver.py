@@ -61,7 +61,7 @@ def test_live_changes_servfail_ad_and_drop(dns_server: DnsServer) -> None:
     start = time.monotonic()
     with pytest.raises(dns.exception.Timeout):
         ask(dns_server, "mx.example.test", "A", timeout=0.3)
-    assert time.monotonic() - start < 1
+    assert time.monotonic() - start < 4
     dns_server.remove("mx.example.test")
     dns_server.drop("mx.example.test", on=False)
     assert ask(dns_server, "mx.example.test", "A").rcode() == dns.rcode.NXDOMAIN

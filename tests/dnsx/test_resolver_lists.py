@@ -64,7 +64,7 @@ def test_nxdomain_nodata_temp_and_bad_names(dns_server: DnsServer, res: Resolver
     start = time.monotonic()
     with pytest.raises(DnsTempError, match="timeout"):
         run(res.a("good.example.test"))
-    assert time.monotonic() - start < 1.5
+    assert time.monotonic() - start < 4.0
     with pytest.raises(DnsNameError):
         run(res.a("x" * 64 + ".test"))
     with pytest.raises(DnsNameError):

@@ -16,7 +16,9 @@ def test_idle_reports_delivery_quickly(imap: ImapEnv) -> None:
     start = time.monotonic()
     imap.deliver(message("new"))
     assert raw.line() == b"* 1 EXISTS"
-    assert time.monotonic() - start < 1.0
+    # The latency itself is measured by bench/imap_bench.py; here only a bound that
+    # no loaded CI machine should reach unless the wake-up is broken (a poll).
+    assert time.monotonic() - start < 10.0
     assert raw.line() == b"* 1 RECENT"
     raw.send(b"DONE\r\n")
     assert raw.line() == b"b OK IDLE terminated"

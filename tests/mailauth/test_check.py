@@ -44,7 +44,7 @@ def test_stuck_dns_is_bounded(dns_server: DnsServer) -> None:
         dns_server.drop(name)
     start = time.monotonic()
     rep = check(dns_server, sign_rsa(MESSAGE), deadline=0.3)
-    assert time.monotonic() - start < 1.5
+    assert time.monotonic() - start < 4.0
     assert rep.spf.result == "temperror" and rep.dmarc.result == "temperror"
     assert rep.dkim_result == "temperror" and set(rep.timed_out) >= {"spf", "dmarc"}
 

@@ -94,7 +94,7 @@ def test_timeouts_and_servfail_are_temperror_quickly(spf_dns: DnsServer) -> None
     start = time.monotonic()
     res = run(check_spf(resolver(spf_dns), "192.0.2.10", "a@slow.test", "h.test"))
     assert res.result == "temperror" and "timeout" in res.reason
-    assert time.monotonic() - start < 2
+    assert time.monotonic() - start < 5
     spf_dns.servfail("fail.test")
     assert run(check_spf(resolver(spf_dns), "192.0.2.10", "a@fail.test", "h")).result \
         == "temperror"
