@@ -72,7 +72,7 @@ async def starttls(s: Session, tag: str, r: Reader, uid: bool) -> Result | None:
     if s.conn.secure or not s.conn.tls_available:
         raise No("TLS is already active" if s.conn.secure else "TLS is not available")
     s.tagged(tag, "OK", "Begin TLS negotiation now")
-    await s.flush()
+    s.conn.write_then_begin_tls(s.take_output())
     await s.conn.start_tls()
     s.server.recorder.event(s.trace_id, "imap.starttls")
     return None

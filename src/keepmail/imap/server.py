@@ -303,6 +303,16 @@ class Connection(asyncio.Protocol):
         await asyncio.wait_for(self._handshake, self.server.config.preauth_timeout)
         self.secure = True
 
+    def write_then_begin_tls(self, data: bytes) -> None:
+        """Send the last plaintext (STARTTLS's OK) and switch to TLS at once.
+
+        No await between the two: the client's handshake may arrive on the very
+        next loop iteration and must already find the TLS layer in place.
+        """
+        self.write(data)
+        if self.tls is None and self.server.tls_context is not None:
+            self._begin_tls(self.server.tls_context)
+
     def _begin_tls(self, context: ssl.SSLContext) -> None:
         self.buf.clear()  # never let plaintext sent before the handshake count (RFC 9051 11.1)
         self.tls = TlsLayer(context)

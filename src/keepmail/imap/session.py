@@ -160,6 +160,13 @@ class Session:
             self.conn.write(data)
         await self.conn.drain()
 
+    def take_output(self) -> bytes:
+        """The pending output, removed from the buffer (the caller writes it)."""
+        data = b"".join(self._out)
+        self._out.clear()
+        self._out_size = 0
+        return data
+
     async def maybe_flush(self) -> None:
         """Flush once enough output has piled up (keeps big FETCHes in bounded memory)."""
         if self._out_size >= 256 * 1024:
