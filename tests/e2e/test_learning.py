@@ -65,3 +65,30 @@ def test_junk_moves_teach_the_classifier(tmp_path: Path) -> None:
         assert (srv.config.data_dir / "spam" / "model.bin").exists()
     finally:
         srv.stop()
+
+
+def test_admin_training_reaches_the_running_server(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    srv = make_server(tmp_path)
+    try:
+        spam_dir = tmp_path / "spam"
+        spam_dir.mkdir()
+        for n in range(5):
+            (spam_dir / f"{n}.eml").write_bytes(TEMPLATE.format(n=100 + n).encode())
+        done = subprocess.run([sys.executable, "-m", "keepmail.cli", "spam", "train", "--spam",
+                               "--config", str(srv.config.path), str(spam_dir)],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert "queued 5 message(s) as spam" in done.stdout
+        learner = next(s for name, _p, s in srv.app.services if name == "spam-learner")
+        before = srv.app.classifier.score(TEMPLATE.format(n=999).encode()).probability
+        assert srv.call(learner.run_once()) == 5
+        after = srv.app.classifier.score(TEMPLATE.format(n=999).encode()).probability
+        assert after > before + 0.1, (before, after)
+        left = srv.store.read_now(lambda c: c.execute(
+            "SELECT COUNT(*) FROM training_events WHERE consumed = 0").fetchone()[0])
+        assert left == 0
+    finally:
+        srv.stop()

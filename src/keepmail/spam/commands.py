@@ -65,15 +65,27 @@ def trec_cmd(corpus: Path, seed: int, model: Path | None, limit: int) -> None:
 @spam.command("train")
 @click.option("--spam", "as_spam", is_flag=True, help="The messages are spam.")
 @click.option("--ham", "as_ham", is_flag=True, help="The messages are ham (not spam).")
-@click.option("--model", "model_path", type=click.Path(path_type=Path), required=True,
-              help="Model file to update (created from the starter model if missing).")
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help="Model file to update directly (created from the starter model if missing).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Teach the server of this keepmail.toml instead: the "
+              "messages are queued in its store and its learner (running or next started) "
+              "learns them org-wide.")
 @click.option("--user", default=None, help="Train this user's adjustment, not the org model.")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-def train_cmd(as_spam: bool, as_ham: bool, model_path: Path, user: str | None,
-              paths: tuple[Path, ...]) -> None:
+def train_cmd(as_spam: bool, as_ham: bool, model_path: Path | None, config_path: Path | None,
+              user: str | None, paths: tuple[Path, ...]) -> None:
     """Learn PATHS (message files, mbox files or Maildirs) as spam or ham."""
     if as_spam == as_ham:
         raise click.UsageError("give exactly one of --spam or --ham")
+    if (model_path is None) == (config_path is None):
+        raise click.UsageError("give exactly one of --model FILE or --config FILE")
+    if config_path is not None:
+        n = _queue_for_server(config_path, paths, as_spam, user)
+        click.echo(f"queued {n} message(s) as {'spam' if as_spam else 'ham'} for the "
+                   "server's learner")
+        return
+    assert model_path is not None
     clf = Classifier.open(model_path)
     n = 0
     for path in paths:
@@ -82,6 +94,42 @@ def train_cmd(as_spam: bool, as_ham: bool, model_path: Path, user: str | None,
             n += 1
     clf.save()
     click.echo(f"learned {n} message(s) as {'spam' if as_spam else 'ham'}; saved {model_path}")
+
+
+def _queue_for_server(config_path: Path, paths: tuple[Path, ...], is_spam: bool,
+                      user: str | None) -> int:
+    """Store each message as a training event (account 0 = the organization)."""
+    import asyncio
+
+    from ..config import ConfigError, load
+    from ..store import Store, accounts
+    from ..store import mail as mailq
+
+    try:
+        cfg = load(config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    store = Store.open(cfg.data_dir, cfg.key_file)
+    try:
+        account_id = 0
+        if user:
+            account = store.read_now(lambda c: accounts.get_account(c, user))
+            if account is None:
+                raise click.ClickException(f"no account {user}")
+            account_id = account.id
+
+        async def queue_all() -> int:
+            n = 0
+            for path in paths:
+                for raw in iter_messages(path):
+                    await store.store_blob(raw, 0, lambda c, blob_id: mailq.record_training(
+                        c, account_id, blob_id, is_spam, "admin"))
+                    n += 1
+            return n
+
+        return asyncio.run(queue_all())
+    finally:
+        store.close()
 
 
 @spam.command("score")

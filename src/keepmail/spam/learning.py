@@ -104,6 +104,8 @@ class Learner:
         blob_id, account_id = event["blob_id"], event["account_id"]
         if blob_id is not None:
             raw = await self.store.read_blob(blob_id)
+            # Account 0 is the organization (admin training): learned org-wide, which
+            # also updates the sender and network reputation.
             account = self.store.read_now(lambda c: accounts.get_account_by_id(c, account_id))
             user = account.address if account else None
             await asyncio.to_thread(self.classifier.learn, raw, bool(event["is_spam"]),
