@@ -7,45 +7,26 @@ own loop; each job is small and indexed, so no lock is held for long.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import time
 
 from .config import Config
+from .periodic import Periodic
 from .recorder import Recorder
 from .store import Store
 from .store import greylist as greylist_store
 from .store import quarantine as qstore
 
-log = logging.getLogger("keepmail.maintenance")
 
+class Maintenance(Periodic):
+    name = "maintenance"
+    first_delay = 60.0
 
-class Maintenance:
     def __init__(self, config: Config, store: Store, recorder: Recorder,
                  period: float = 3600.0) -> None:
         self.config = config
         self.store = store
         self.recorder = recorder
         self.period = period
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._loop())
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _loop(self) -> None:
-        await asyncio.sleep(60)
-        while True:
-            try:
-                await self.run_once()
-            except Exception:
-                log.exception("maintenance failed; will retry")
-            await asyncio.sleep(self.period)
 
     async def run_once(self, now: float | None = None) -> dict[str, int]:
         now = time.time() if now is None else now

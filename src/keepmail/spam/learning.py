@@ -10,22 +10,19 @@ crash-safely now and then, so what users teach survives a restart.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..periodic import Periodic
 from ..store import Store, accounts
 from ..store import mail as mailq
 from .classifier import Classifier
 
 if TYPE_CHECKING:
     from ..inbound.mx import Check, CheckContext
-
-log = logging.getLogger("keepmail.spam")
 
 # Larger messages are scored in a worker thread so the event loop keeps serving.
 _THREAD_SCORE_SIZE = 256 * 1024
@@ -52,7 +49,9 @@ def content_check(classifier: Classifier, address_of: Callable[[int], str | None
     return check
 
 
-class Learner:
+class Learner(Periodic):
+    name = "spam learning"
+
     """Consumes training events every `period` seconds; saves the model after changes."""
 
     def __init__(self, store: Store, classifier: Classifier, model_path: Path, *,
@@ -65,26 +64,11 @@ class Learner:
         self.learned = 0
         self._dirty = False
         self._last_save = time.monotonic()
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._loop())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await super().close()
         if self._dirty:
             self.save()
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except Exception:
-                log.exception("spam learning failed; will retry")
-            await asyncio.sleep(self.period)
 
     async def run_once(self) -> int:
         """Learn from every pending event; returns how many."""
