@@ -400,9 +400,7 @@ async def _copy_or_move(s: Session, r: Reader, uid: bool, move: bool) -> Result:
     assert s.account is not None
     account_id = s.account.id
     store = s.server.store
-    dest = store.read_now(lambda c: mailq.get_mailbox(c, account_id, dest_name))
-    if dest is None:
-        raise No("Target mailbox does not exist", "TRYCREATE")
+    dest = _existing_mailbox(s, dest_name, "Target mailbox")
     source = store.read_now(lambda c: mailq.get_mailbox_by_id(c, view.mailbox_id))
     uids = [u for u in uids if u not in view.pending_gone]
     if not uids:
@@ -564,12 +562,8 @@ async def append_cmd(s: Session, tag: str, r: Reader, uid: bool) -> Result:
             raise No("Cannot append an empty message")
         if len(data) > s.server.config.limits.max_append:
             raise No("Message too large", "TOOBIG")
-    assert s.account is not None
-    account_id = s.account.id
     store = s.server.store
-    box = store.read_now(lambda c: mailq.get_mailbox(c, account_id, name))
-    if box is None:
-        raise No("Mailbox does not exist", "TRYCREATE")
+    box = _existing_mailbox(s, name, "Mailbox")
     await _check_quota(s, sum(len(m[2]) for m in messages))
     sealed = [await store.seal(data) for _f, _w, data in messages]
     now = time.time()
@@ -579,3 +573,13 @@ async def append_cmd(s: Session, tag: str, r: Reader, uid: bool) -> Result:
     s.server.recorder.event(s.trace_id, "imap.append", account=s.account.address,
                             mailbox=name, count=len(new))
     return Result("completed", f"APPENDUID {box.uidvalidity} {wire.seq_set(new).decode()}")
+
+
+def _existing_mailbox(s: Session, name: str, what: str) -> Mailbox:
+    """The logged-in account's mailbox `name`, or NO [TRYCREATE] (RFC 9051 6.3.12, 6.4.7)."""
+    assert s.account is not None
+    account_id = s.account.id
+    box = s.server.store.read_now(lambda c: mailq.get_mailbox(c, account_id, name))
+    if box is None:
+        raise No(f"{what} does not exist", "TRYCREATE")
+    return box
