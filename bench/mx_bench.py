@@ -3,9 +3,12 @@
 Both servers accept small messages from Postfix's smtp-source (20 sessions)
 into durable storage: keepmail into its encrypted store (250 after fsync),
 Postfix into its own fsync'd queue (the recipient is put on hold so nothing
-is delivered onward). Prints messages/s for each and the ratio; keepmail runs twice, with the sender
-checks (SPF, DKIM, DMARC, ARC, reverse DNS; DNS served on loopback) and the
-content classifier off (plain acceptance, as Postfix does here) and on, and the latency they add per message is printed.
+is delivered onward). Prints messages/s for each and the ratios. keepmail runs
+with one MX process and with one per CPU core ([smtp] mx_processes = 0; Postfix
+too runs one smtpd per connection), with the sender checks (SPF, DKIM, DMARC,
+ARC, reverse DNS; DNS served on loopback) and the content classifier off (plain
+acceptance, as Postfix does here) and on; then the latency they add per message
+in one session is printed.
 
     python bench/mx_bench.py [--messages 5000] [--sessions 20] [--size 1024]
 """
@@ -13,6 +16,7 @@ content classifier off (plain acceptance, as Postfix does here) and on, and the 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -28,7 +32,8 @@ def keepmail_run(tmp: Path, args: argparse.Namespace) -> tuple[float, int]:
     from keepmail import config as configmod
     from tests.support.server import add_users, free_port_offset, write_config
 
-    path = write_config(tmp, extra={"smtp": {"max_connections_per_ip": 1000},
+    path = write_config(tmp, extra={"smtp": {"max_connections_per_ip": 1000,
+                                             "mx_processes": args.processes},
                                     "inbound": {"sender_checks": args.checks},
                                     "spam": {"classifier": args.checks},
                                     "ports": {"submission": 0, "submissions": 0, "imap": 0,
@@ -41,6 +46,7 @@ def keepmail_run(tmp: Path, args: argparse.Namespace) -> tuple[float, int]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port("127.0.0.1", 25 + offset)
+        wait_listeners(25 + offset, cfg.mx_processes)
         seconds = smtp_source("127.0.0.1", 25 + offset, messages=args.messages,
                               sessions=args.sessions, size=args.size, rcpt="bob@example.test")
     finally:
@@ -51,6 +57,19 @@ def keepmail_run(tmp: Path, args: argparse.Namespace) -> tuple[float, int]:
     stored = store.read_now(lambda c: c.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
     store.close()
     return seconds, stored
+
+
+def wait_listeners(port: int, count: int, timeout: float = 60) -> None:
+    """Wait until `count` processes listen on port (the MX workers start after the main one);
+    smtp-source opens its 20 connections once and keeps them."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(["ss", "-Hltnp", f"( sport = :{port} )"], capture_output=True,
+                             text=True).stdout
+        if out.count("pid=") >= count:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{count} listeners did not come up on port {port}")
 
 
 def postfix_run(tmp: Path, args: argparse.Namespace) -> tuple[float, int]:
@@ -83,7 +102,7 @@ def run_one(name: str, run: object, args: argparse.Namespace) -> float:
     with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
         seconds, stored = run(Path(tmp), args)  # type: ignore[operator]
     rate = args.messages / seconds
-    print(f"{name:<22} {args.messages} msgs x {args.size} B, {args.sessions} sessions: "
+    print(f"{name:<26} {args.messages} msgs x {args.size} B, {args.sessions} sessions: "
           f"{seconds:6.2f} s  {rate:8.0f} msg/s  (stored: {stored})", flush=True)
     return rate
 
@@ -97,15 +116,20 @@ def main() -> None:
     from tests.support.server import shared_dns
 
     shared_dns().set_zone(SENDER_ZONE)  # served from this process, not keepmail's
-    args.checks = False
-    plain = run_one("keepmail (plain)", keepmail_run, args)
+    cores = os.cpu_count() or 1
+    args.checks, args.processes = False, 1
+    single = run_one("keepmail (plain, 1 proc)", keepmail_run, args)
+    args.processes = 0
+    plain = run_one(f"keepmail (plain, {cores} proc)", keepmail_run, args)
     args.checks = True
-    full = run_one("keepmail (all checks)", keepmail_run, args)
+    full = run_one(f"keepmail (checks, {cores} proc)", keepmail_run, args)
     postfix = run_one("postfix", postfix_run, args)
-    print(f"ratio keepmail plain / postfix: {plain / postfix:.2f}x")
-    print(f"ratio keepmail all checks / postfix: {full / postfix:.2f}x")
+    print(f"ratio keepmail plain, mx_processes = 1 / postfix: {single / postfix:.2f}x")
+    print(f"ratio keepmail plain, mx_processes = 0 (one per core) / postfix: "
+          f"{plain / postfix:.2f}x")
+    print(f"ratio keepmail all checks, one per core / postfix: {full / postfix:.2f}x")
     # One session at a time: the time a sender waits per message.
-    args.sessions, args.messages = 1, 300
+    args.sessions, args.messages, args.processes = 1, 300, 1
     args.checks = False
     one_plain = run_one("keepmail (plain, 1)", keepmail_run, args)
     args.checks = True

@@ -29,6 +29,7 @@ from .inbound.quarantine import quarantine
 from .inbound.verdict import Thresholds
 from .mailauth import arc
 from .maintenance import Maintenance
+from .mxworkers import MxWorkers, share
 from .outbound.dkimkeys import DkimKeys
 from .outbound.wiring import build_outbound
 from .recorder import Recorder
@@ -99,6 +100,16 @@ class App:
                               max_connections=s.max_connections,
                               max_connections_per_ip=s.max_connections_per_ip)
 
+    def mx_listener(self, port: int) -> ListenerConfig:
+        """Port 25's listener; with several MX processes each takes its share of the limits."""
+        listener = self._listener("mx", port)
+        n = self.config.mx_processes
+        if n > 1:
+            listener.reuse_port = True
+            listener.max_connections = share(listener.max_connections, n)
+            listener.max_connections_per_ip = share(listener.max_connections_per_ip, n)
+        return listener
+
     def build(self) -> None:
         """Create every service; the order matters where one hands another a hook."""
         cfg = self.config
@@ -119,13 +130,26 @@ class App:
             mx.on_inbox = lambda account_id, sender: received_from(
                 self.address_of(account_id) or account_id, sender)
             self.add("smtp", mx_port, SmtpServer(
-                self._listener("mx", mx_port), mx, hostname=cfg.server.hostname,
+                self.mx_listener(mx_port), mx, hostname=cfg.server.hostname,
                 recorder=self.recorder, tls_context=self.tls_context))
+            if cfg.mx_processes > 1:
+                self.add("mx-workers", 0, self._mx_workers(mx.on_inbox))
         for name, port, service in outbound:
             self.add(name, port, service)
         self._build_imap()
         for name, port, service in build_web(self):
             self.add(name, port, service)
+
+    def _mx_workers(self, on_inbox: Any) -> MxWorkers:
+        agent = self.outbound_agent
+
+        def queued(msg_id: int) -> None:
+            asyncio.get_running_loop().create_task(agent.notify_when_visible(msg_id))
+
+        return MxWorkers(self.config.path.resolve(), self.port_offset,
+                         self.config.mx_processes - 1,
+                         on_mailboxes=lambda ids: self.store.hub.publish(*ids),
+                         on_inbox=on_inbox, on_queued=queued)
 
     def _build_imap(self) -> None:
         cfg = self.config
@@ -142,14 +166,15 @@ class App:
     def mx_handler(self) -> MxHandler:
         cfg = self.config
         spam, inbound = cfg.spam, cfg.inbound
+        n = cfg.mx_processes
         domains = {d.name for d in self.store.read_now(accounts.list_domains)}
         policy = MxPolicy(
             thresholds=Thresholds(spam.junk_score, spam.quarantine_score, spam.reject_score),
             our_names={cfg.server.hostname.lower(), *domains},
             our_ips={ip for ip in cfg.server.listen if ip not in ("0.0.0.0", "::")},
             greet_delay=inbound.greet_delay,
-            connections_per_minute=inbound.max_connections_per_minute,
-            messages_per_minute=inbound.max_messages_per_minute)
+            connections_per_minute=share(inbound.max_connections_per_minute, n),
+            messages_per_minute=share(inbound.max_messages_per_minute, n))
         greylister = Greylister(self.store, GreylistPolicy(
             enabled=inbound.greylisting, min_score=inbound.greylist_min_score,
             delay=inbound.greylist_delay))

@@ -90,6 +90,23 @@ def serve(config_path: Path, port_offset: int) -> None:
     run_app(cfg, port_offset)
 
 
+@main.command("mx-worker", hidden=True)
+@config_option
+@click.option("--port-offset", default=0)
+@click.option("--parent-fd", type=int, required=True)
+def mx_worker(config_path: Path, port_offset: int, parent_fd: int) -> None:
+    """One extra MX process, started by `keepmail serve` ([smtp] mx_processes)."""
+    from .app import App
+    from .mxworkers import serve_worker
+
+    cfg = load_config(config_path)
+
+    async def go() -> None:
+        await serve_worker(App(cfg, port_offset), parent_fd)
+
+    _run(go())
+
+
 def run_app(cfg: Config, port_offset: int, banner: Callable[[Any], None] | None = None) -> None:
     from .app import App
 

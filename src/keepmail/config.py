@@ -10,6 +10,7 @@ what is allowed — never a traceback.
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 import types
 import typing
@@ -71,6 +72,10 @@ class SmtpSection:
     max_connections: int = opt(1000, "Most simultaneous SMTP connections per listener.")
     max_connections_per_ip: int = opt(20, "Most simultaneous SMTP connections from one IP.")
     command_timeout: float = opt(300.0, "Seconds to wait for the next SMTP command.")
+    mx_processes: int = opt(1, "Processes serving the MX port (25). Python uses one CPU "
+                            "core per process: on a busy MX set this to the number of "
+                            "cores (0: that many automatically). The per-IP limits are "
+                            "shared out between the processes.")
 
 
 @dataclass
@@ -143,6 +148,11 @@ class Config:
     def resolve(self, value: str) -> Path:
         p = Path(value).expanduser()
         return p if p.is_absolute() else (self.path.parent / p).resolve()
+
+    @property
+    def mx_processes(self) -> int:
+        wanted = self.smtp.mx_processes
+        return wanted if wanted > 0 else max(1, min(os.cpu_count() or 1, 8))
 
     @property
     def data_dir(self) -> Path:
@@ -230,6 +240,9 @@ def _check(config: Config) -> None:
     if config.smtp.max_message_size < 1024:
         raise ConfigError(f"{path}: [smtp] max_message_size = {config.smtp.max_message_size}: "
                           "must be at least 1024 bytes")
+    if not 0 <= config.smtp.mx_processes <= 64:
+        raise ConfigError(f"{path}: [smtp] mx_processes = {config.smtp.mx_processes}: must be "
+                          "1 to 64, or 0 for one per CPU core")
     if not config.server.listen:
         raise ConfigError(f'{path}: [server] listen = []: give at least one address, like '
                           '["127.0.0.1"]')

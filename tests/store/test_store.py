@@ -104,3 +104,43 @@ def test_modseq_flags_copy_expunge_and_rename(tmp_path: Path) -> None:
     assert len(store.read_now(lambda c: mailq.list_messages(c, old.id))) == 2
     assert store.read_now(lambda c: mailq.list_messages(c, inbox_id)) == []
     store.close()
+
+
+def test_writers_in_two_processes_and_both_paths_never_collide(tmp_path: Path) -> None:
+    """The loop path, the writer thread and another process write one file at once;
+    every UID is handed out once and every write lands."""
+    import subprocess
+    import sys
+    import textwrap
+
+    store = Store.open(tmp_path)
+    acct = store.write_sync(lambda c: (accounts.add_domain(c, "example.test"),
+                                       accounts.add_account(c, "bob@example.test", "x"))[1])
+    box = store.read_now(lambda c: mailq.get_mailbox(c, acct.id, "INBOX"))
+    assert box is not None
+    other = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        from pathlib import Path
+        from keepmail.store import Copy, Store
+        import asyncio
+        store = Store.open(Path({str(tmp_path)!r}))
+        async def main():
+            await asyncio.gather(*[store.deliver(b"Subject: p\\r\\n\\r\\nx", [Copy({acct.id},
+                                   {box.id}, "INBOX")]) for _ in range(150)])
+        asyncio.run(main())
+        store.close()
+    """)])
+
+    async def ours() -> None:
+        copy = Copy(acct.id, box.id, "INBOX")
+        threaded = asyncio.to_thread(lambda: [store.write_sync(lambda c, i=i: c.execute(
+            "INSERT INTO counters(name, value) VALUES (?, 1)", (f"t{i}",))) for i in range(100)])
+        await asyncio.gather(threaded, *[store.deliver(b"Subject: l\r\n\r\nx", [copy])
+                                         for _ in range(150)])
+
+    asyncio.run(ours())
+    assert other.wait(60) == 0
+    uids = [m.uid for m in store.read_now(lambda c: mailq.list_messages(c, box.id))]
+    assert len(uids) == 300 and len(set(uids)) == 300
+    assert store.read_now(lambda c: c.execute(
+        "SELECT COUNT(*) FROM counters WHERE name LIKE 't%'").fetchone()[0]) == 100
+    store.close()

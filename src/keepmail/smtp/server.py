@@ -30,6 +30,8 @@ class ListenerConfig:
     limits: Limits = field(default_factory=Limits)
     max_connections: int = 1000
     max_connections_per_ip: int = 20
+    # Several processes serve one port (mxworkers.py); the kernel spreads connections.
+    reuse_port: bool = False
 
 
 class SmtpServer:
@@ -51,7 +53,7 @@ class SmtpServer:
         self._server = await asyncio.start_server(
             self._accept, host=cfg.hosts, port=cfg.port, limit=STREAM_LIMIT,
             ssl=self.tls_context if cfg.implicit_tls else None, backlog=1024,
-            reuse_address=True)
+            reuse_address=True, reuse_port=cfg.reuse_port or None)
         self._watchdog = asyncio.create_task(self._watch())
 
     async def _watch(self) -> None:
