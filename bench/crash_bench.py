@@ -27,10 +27,13 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--senders", type=int, default=8)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--mx-processes", type=int, default=1,
+                        help="[smtp] mx_processes (SIGKILL hits the main process; its "
+                        "workers must stop and their acknowledged mail must be there)")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="crash-bench-") as tmp:
-        server, cfg = start_server(Path(tmp))
+        server, cfg = start_server(Path(tmp), args.mx_processes)
         senders = [Sender(server.host, 25 + server.port_offset, f"s{i}")
                    for i in range(args.senders)]
         for s in senders:
@@ -54,7 +57,8 @@ def main() -> None:
             counts[mid] = counts.get(mid, 0) + 1
         lost = sum(1 for mid in acked if counts.get(mid, 0) == 0)
         duplicated = sum(1 for n in counts.values() if n > 1)
-        print(f"{args.kills} SIGKILLs in {elapsed:.1f} s, {args.senders} senders")
+        print(f"{args.kills} SIGKILLs in {elapsed:.1f} s, {args.senders} senders, "
+              f"mx_processes = {args.mx_processes}")
         print(f"acknowledged: {len(acked)}  stored: {len(stored)}  "
               f"stored without ack (crash between commit and reply): {len(stored) - len(acked) + lost}")
         print(f"LOST: {lost}  DUPLICATED: {duplicated}")

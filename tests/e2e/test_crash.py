@@ -53,9 +53,10 @@ def message_ids(cfg: configmod.Config) -> list[str]:
         store.close()
 
 
-def start_server(tmp_path: Path) -> tuple[ServerProcess, configmod.Config]:
+def start_server(tmp_path: Path, mx_processes: int = 1) -> tuple[ServerProcess, configmod.Config]:
     path = write_config(tmp_path, extra={"ports": {"submission": 0, "submissions": 0,
-                                                   "imap": 0, "imaps": 0, "web": 0}})
+                                                   "imap": 0, "imaps": 0, "web": 0},
+                                         "smtp": {"mx_processes": mx_processes}})
     cfg = configmod.load(path)
     add_users(cfg, "bob@example.test")
     return ServerProcess(path, free_port_offset()).start(), cfg

@@ -175,12 +175,13 @@ async def create(s: Session, tag: str, r: Reader, uid: bool) -> Result:
     assert s.account is not None
     account_id = s.account.id
 
-    def txn(conn: sqlite3.Connection) -> None:
+    def txn(conn: sqlite3.Connection) -> int:
         if mailq.get_mailbox(conn, account_id, name) is not None:
             raise No("Mailbox already exists", "ALREADYEXISTS")
         _create_parents(conn, account_id, name)
-        mailq.create_mailbox(conn, account_id, name)
-    await s.server.store.write(txn)
+        return mailq.create_mailbox(conn, account_id, name).id
+    box_id = await s.server.store.write(txn)
+    s.server.recent_floor[box_id] = 0   # all its messages will be new to the first SELECT
     return Result()
 
 
@@ -464,7 +465,7 @@ async def status(s: Session, tag: str, r: Reader, uid: bool) -> Result:
     r.end()
     _check_status_items(items)
     if "HIGHESTMODSEQ" in items:
-        s.enabled.add("CONDSTORE")
+        s.enable_condstore()
     box = _get(s, name)
     if box is None:
         raise No("Mailbox does not exist", "NONEXISTENT")

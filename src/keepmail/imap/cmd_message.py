@@ -44,7 +44,7 @@ async def fetch_cmd(s: Session, tag: str, r: Reader, uid: bool) -> Result:
     if vanished and changedsince is not None:
         _vanished_earlier(s, view, seqs, changedsince)
     if any(i.name == "MODSEQ" for i in items) or changedsince is not None:
-        s.enabled.add("CONDSTORE")
+        s.enable_condstore()
     seen_now: set[int] = set()
     if not view.readonly and any(i.sets_seen for i in items):
         seen_now = await _mark_seen(s, view, uids)
@@ -54,6 +54,8 @@ async def fetch_cmd(s: Session, tag: str, r: Reader, uid: bool) -> Result:
     ctx = fetch.FetchContext(items, view.uids.seq_of, view.is_recent, s.utf8, uid,
                              changedsince is not None, s.rev2, seen_now)
     needs_content = any(i.needs_content for i in items)
+    wants_flags = any(i.name == "FLAGS" for i in items) or bool(seen_now)
+    keywords: set[str] = set()
     for start in range(0, len(uids), BATCH):
         part = uids[start:start + BATCH]
 
@@ -66,6 +68,8 @@ async def fetch_cmd(s: Session, tag: str, r: Reader, uid: bool) -> Result:
                 loader = msgcache.Loader(conn, store.cipher, cache)
                 loader.plan([m.blob_id for m in msgs], [m.size for m in msgs])
             lines = [fetch.render(ctx, conn, store.cipher, m, loader) for m in msgs]
+            if wants_flags:
+                keywords.update(f for m in msgs for f in m.flags)
             return lines, len(msgs)
         try:
             if needs_content:
@@ -76,6 +80,7 @@ async def fetch_cmd(s: Session, tag: str, r: Reader, uid: bool) -> Result:
             raise No(f"Unknown Content-Transfer-Encoding {exc}", "UNKNOWN-CTE") from None
         if changedsince is None and found < len(part):
             missing = True
+        s.announce_keywords(keywords)   # another session's new keyword: FLAGS first
         for line in lines:
             s.send(line)
         await s.maybe_flush()
@@ -163,7 +168,7 @@ async def store_cmd(s: Session, tag: str, r: Reader, uid: bool) -> Result:
         unchangedsince = r.number(2**63 - 1)
         r.leave()
         r.sp()
-        s.enabled.add("CONDSTORE")
+        s.enable_condstore()
     op = r.atom().upper()
     modes = {"FLAGS": "set", "+FLAGS": "add", "-FLAGS": "remove"}
     silent = op.endswith(".SILENT")
@@ -182,12 +187,7 @@ async def store_cmd(s: Session, tag: str, r: Reader, uid: bool) -> Result:
     changed, failed, current = await s.server.store.change([view.mailbox_id], txn)
     for m in changed:
         view.own_modseqs.add(m.modseq)
-    new_keywords = {f for f in flags if not f.startswith("\\")} - view.keywords
-    if new_keywords:
-        view.keywords |= new_keywords
-        s.untagged(b"FLAGS " + wire.flags(SYSTEM_FLAGS | view.keywords))
-        s.untagged(b"OK [PERMANENTFLAGS " + wire.flags(SYSTEM_FLAGS | view.keywords | {"\\*"})
-                   + b"] Flags permitted")
+    s.announce_keywords(flags)
     changed_uids = {m.uid for m in changed} if silent and s.condstore else set()
     failed_set = set(failed)
     if silent and not s.condstore:
@@ -264,7 +264,7 @@ async def search_cmd(s: Session, tag: str, r: Reader, uid: bool) -> Result:
     except search.BadCharset:
         raise No("Unsupported charset", "BADCHARSET (UTF-8 US-ASCII)") from None
     if ctx.uses_modseq:
-        s.enabled.add("CONDSTORE")
+        s.enable_condstore()
     found = await _run_search(s, view, ctx, pred)
     numbers = [c.uid if uid else c.seq for c in found]
     modseq = max((c.modseq for c in found), default=0) if ctx.uses_modseq else None
@@ -294,6 +294,15 @@ def _esearch(s: Session, tag: str, view: SelectedView, uid: bool, returns: list[
             if "MAX" in opts:
                 keep.add(max(found, key=lambda c: c.uid).uid)
             view.saved = keep
+    if modseq and found and not opts & {"ALL", "COUNT"}:
+        # RFC 7162 3.1.5 / RFC 4731 3.2: the MODSEQ of the messages returned, i.e. of the
+        # MIN and/or MAX message only.
+        def key(c: search.Candidate) -> int:
+            return c.uid if uid else c.seq
+        picked = ([min(found, key=key)] if "MIN" in opts else []) + \
+                 ([max(found, key=key)] if "MAX" in opts else [])
+        if picked:
+            modseq = max(c.modseq for c in picked)
     parts = [b'ESEARCH (TAG "' + tag.encode() + b'")']
     if uid:
         parts.append(b"UID")
@@ -423,6 +432,7 @@ async def _copy_or_move(s: Session, r: Reader, uid: bool, move: bool) -> Result:
     pairs = await store.change({view.mailbox_id, dest.id}, txn)
     if not pairs:
         return Result()
+    s.note_added(dest.id, [p[1] for p in pairs])
     code = (f"COPYUID {dest.uidvalidity} {wire.seq_set_ordered([p[0] for p in pairs]).decode()}"
             f" {wire.seq_set_ordered([p[1] for p in pairs]).decode()}")
     if move:
@@ -570,6 +580,7 @@ async def append_cmd(s: Session, tag: str, r: Reader, uid: bool) -> Result:
     items = [(blob, frozenset(f), w or now) for blob, (f, w, _d) in zip(sealed, messages,
                                                                           strict=True)]
     new = await store.change([box.id], lambda c: imapq.append_sealed(c, box.id, items, now))
+    s.note_added(box.id, list(new))
     s.server.recorder.event(s.trace_id, "imap.append", account=s.account.address,
                             mailbox=name, count=len(new))
     return Result("completed", f"APPENDUID {box.uidvalidity} {wire.seq_set(new).decode()}")

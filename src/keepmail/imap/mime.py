@@ -282,17 +282,18 @@ def _encoding(part: Part) -> str:
 def find_part(root: Part, path: list[int]) -> Part | None:
     """Part by section number (RFC 9051 6.4.5): 1.2 is the 2nd child of the 1st."""
     part = root
-    for n in path:
-        if part.is_message and part.message is not None and part is not root:
-            part = part.message
+    for i, n in enumerate(path):
         if part.is_multipart:
             if not 1 <= n <= len(part.children):
                 return None
             part = part.children[n - 1]
-        elif n == 1:
-            continue  # a non-multipart entity's only part is itself
-        else:
+        elif n != 1:
             return None
+        # else: a non-multipart entity's only part is itself (its body)
+        if i + 1 < len(path) and part.is_message and part.message is not None:
+            # More numbers after a MESSAGE/RFC822 part index the encapsulated message's body;
+            # this holds for a top-level message/rfc822 (BODY[1.1]) as for a nested one.
+            part = part.message
     return part
 
 
@@ -338,8 +339,31 @@ def decode_body(part: Part) -> bytes:
         except (binascii.Error, ValueError):
             return b""
     if enc == "quoted-printable":
-        return quopri.decodestring(data)
+        return decode_qp(data)
     raise UnknownEncoding(enc)
+
+
+_LINE_SPLIT = re.compile(rb"(\r?\n)")
+_QP_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
+
+
+def decode_qp(data: bytes) -> bytes:
+    """Quoted-printable (RFC 2045 6.7): trailing whitespace on a line is transport padding
+    and goes (rule 3), also before a soft line break "=" (which may itself be followed by
+    padding); "=XX" decodes; any other "=" is kept as it is (the rule 1 robustness advice)."""
+    pieces = _LINE_SPLIT.split(data)
+    out = []
+    for i in range(0, len(pieces), 2):
+        line = pieces[i].rstrip(b" \t")
+        ending = pieces[i + 1] if i + 1 < len(pieces) else b""
+        if line.endswith(b"="):
+            out.append(line[:-1])           # soft line break
+        else:
+            out.append(line + ending)
+    joined = b"".join(out)
+    if b"=" not in joined:
+        return joined
+    return _QP_ESCAPE.sub(lambda m: bytes((int(m.group(1), 16),)), joined)
 
 
 # -- output: BODYSTRUCTURE and ENVELOPE -------------------------------------------
@@ -425,7 +449,9 @@ def _tokens(value: bytes) -> list[tuple[str, bytes]]:
     out: list[tuple[str, bytes]] = []
     i = 0
     while i < len(value) and len(out) < 10_000:
-        i = _skip_cfws(value, i)
+        start, i = i, _skip_cfws(value, i)
+        if i > start and 0x28 in value[start:i]:  # keep a comment: a name for "a@b (Name)"
+            out.append(("c", _comment_text(value[start:i])))
         if i >= len(value):
             break
         c = value[i]
@@ -449,12 +475,31 @@ def _tokens(value: bytes) -> list[tuple[str, bytes]]:
     return out
 
 
+def _comment_text(cfws: bytes) -> bytes:
+    """The text of the first comment in a run of CFWS, without its parentheses."""
+    i = cfws.index(b"(") + 1
+    depth, out = 1, bytearray()
+    while i < len(cfws):
+        c = cfws[i]
+        if c == 0x5C and i + 1 < len(cfws):
+            out.append(cfws[i + 1])
+            i += 2
+            continue
+        depth += (c == 0x28) - (c == 0x29)
+        if depth == 0:
+            break
+        out.append(c)
+        i += 1
+    return b" ".join(bytes(out).split())
+
+
 def _phrase(tokens: list[tuple[str, bytes]]) -> bytes | None:
-    words = [t for k, t in tokens if k in "aq" or t == b"."]
+    words = [t for k, t in tokens if k in "aq" or (k == "s" and t == b".")]
     return b" ".join(words) if words else None
 
 
 def _addr_spec(tokens: list[tuple[str, bytes]]) -> tuple[bytes | None, bytes | None]:
+    tokens = [(k, t) for k, t in tokens if k != "c"]
     at = max((i for i, (k, t) in enumerate(tokens) if k == "s" and t == b"@"), default=-1)
     if at < 0:
         local = b"".join(t for _k, t in tokens)
@@ -480,7 +525,9 @@ def _mailbox(tokens: list[tuple[str, bytes]]) -> Address | None:
         local, domain = _addr_spec(inner)
         return _phrase(tokens[:lt]), local, domain
     local, domain = _addr_spec(tokens)
-    return None, local, domain
+    # RFC 822 style "user@domain (Real Name)": the comment is the only name there is.
+    comment = next((t for k, t in tokens if k == "c" and t), None)
+    return comment, local, domain
 
 
 def _complete(addr: Address) -> Address:

@@ -248,9 +248,14 @@ class Reader:
             raise ParseError("expected an atom")
         return value.decode("ascii")
 
+    def _at_literal(self) -> bool:
+        """A literal `{n}` or literal8 `~{n}` starts here (a lone `~` is an atom char)."""
+        seg, i = self._seg, self.pos
+        return i < len(seg) and (seg[i] == 0x7B or seg[i:i + 2] == b"~{")
+
     def _literal(self) -> bytes | None:
         seg = self._seg
-        if self.pos >= len(seg) or seg[self.pos] not in (ord("{"), ord("~")):
+        if not self._at_literal():
             return None
         m = _LITERAL_AT_END.match(seg, self.pos)
         if m is None or m.end() != len(seg) or self.k >= len(self.lits):
@@ -261,7 +266,7 @@ class Reader:
         return value
 
     def is_binary_literal(self) -> bool:
-        return self.peek() == ord("~")
+        return self._seg[self.pos:self.pos + 2] == b"~{"
 
     def _quoted(self) -> bytes:
         seg = self._seg
@@ -292,8 +297,7 @@ class Reader:
         return lit
 
     def astring(self) -> bytes:
-        c = self.peek()
-        if c in (0x22, ord("{"), ord("~")):
+        if self.peek() == 0x22 or self._at_literal():
             return self.string()
         value = self._run(ASTRING_CHARS)
         if not value:
@@ -307,8 +311,7 @@ class Reader:
 
     def list_mailbox(self) -> bytes:
         """A LIST pattern: astring with wildcards allowed."""
-        c = self.peek()
-        if c in (0x22, ord("{"), ord("~")):
+        if self.peek() == 0x22 or self._at_literal():
             return self.string()
         value = self._run(LIST_CHARS)
         if not value:

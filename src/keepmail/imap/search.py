@@ -126,6 +126,27 @@ def _fold(text: str) -> str:
     return text.casefold()
 
 
+_ADDRESS_FIELDS = frozenset((b"from", b"to", b"cc", b"bcc"))
+
+
+def _address_text(m: Candidate, name: bytes) -> str:
+    """An address field as its ENVELOPE sees it: "name <mailbox@host>", comments and
+    spaces inside the address removed (RFC 9051 6.4.4 searches the envelope's field)."""
+    out = []
+    for key, value, _s, _e in m.head.headers:
+        if key != name:
+            continue
+        for disp, local, host in mime.parse_addresses(value):
+            if local is None:
+                continue
+            addr = local + b"@" + host if host is not None else local
+            text = addr.decode("utf-8", "replace")
+            if disp:
+                text = f"{mime.decode_words(disp)} <{text}>"
+            out.append(text)
+    return _fold(", ".join(out))
+
+
 class Program:
     """Parses `search-key *(SP search-key)` into one predicate."""
 
@@ -256,6 +277,12 @@ class Program:
         name_l = name.lower()
         if not text:
             return lambda m: bool(m.folded(name_l))
+
+        if name_l in _ADDRESS_FIELDS:
+            def addr_pred(m: Candidate) -> bool:
+                return (any(text in value for value in m.folded(name_l))
+                        or text in _address_text(m, name_l))
+            return addr_pred
 
         def pred(m: Candidate) -> bool:
             return any(text in value for value in m.folded(name_l))

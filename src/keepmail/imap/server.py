@@ -17,6 +17,7 @@ import contextlib
 import logging
 import ssl
 import time
+import weakref
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -341,6 +342,14 @@ class Connection(asyncio.Protocol):
         self.close()
 
 
+_RECENT_FLOORS: weakref.WeakKeyDictionary[Any, dict[int, int]] = weakref.WeakKeyDictionary()
+
+
+def recent_floors(store: Store) -> dict[int, int]:
+    """The \\Recent floors shared by every IMAP listener on one store (memory only)."""
+    return _RECENT_FLOORS.setdefault(store, {})
+
+
 class ImapServer:
     """One IMAP listener (993 or 143) on the shared store."""
 
@@ -357,7 +366,9 @@ class ImapServer:
         self.config = config or ImapConfig()
         self.auth_guard: Any = None   # set by the app: keepmail.abuse.authguard.AuthGuard
         self.connections: set[Connection] = set()
-        self.recent_floor: dict[int, int] = {}   # mailbox id → highest UID claimed as \Recent
+        # mailbox id → highest UID claimed as \Recent; shared by the listeners on this store,
+        # so a message is \Recent in one session only, whichever port it came in on.
+        self.recent_floor = recent_floors(store)
         # Decrypted headers, shared by every listener on this store (memory only).
         self.cache = msgcache.cache_for(store, self.config.cache_bytes)
         self._per_ip: Counter[str] = Counter()

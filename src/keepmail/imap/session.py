@@ -144,6 +144,15 @@ class Session:
     def condstore(self) -> bool:
         return "CONDSTORE" in self.enabled
 
+    def enable_condstore(self) -> None:
+        """A CONDSTORE-enabling command (RFC 7162 3.1): the first one while a mailbox is
+        selected also reports the mailbox's HIGHESTMODSEQ, as SELECT would have."""
+        if "CONDSTORE" in self.enabled:
+            return
+        self.enabled.add("CONDSTORE")
+        if self.view is not None:
+            self.untagged(f"OK [HIGHESTMODSEQ {self.view.modseq}] Highest")
+
     @property
     def qresync(self) -> bool:
         return "QRESYNC" in self.enabled
@@ -362,7 +371,23 @@ class Session:
             view.recent.append((floor + 1, last))
             self.server.recent_floor[view.mailbox_id] = last
 
+    def announce_keywords(self, flags: Any) -> None:
+        """Send FLAGS (and PERMANENTFLAGS) before any response shows a keyword this session
+        has not been told of yet (RFC 9051 7.3.5: FLAGS lists the flags in use)."""
+        view = self.view
+        if view is None:
+            return
+        new = {f for f in flags if not f.startswith("\\")} - view.keywords
+        if not new:
+            return
+        view.keywords |= new
+        self.untagged(b"FLAGS " + wire.flags(SYSTEM_FLAGS | view.keywords))
+        if not view.readonly:
+            self.untagged(b"OK [PERMANENTFLAGS " + wire.flags(SYSTEM_FLAGS | view.keywords
+                                                              | {"\\*"}) + b"] Flags permitted")
+
     def flags_fetch(self, view: SelectedView, msg: Any, with_uid: bool = True) -> bytes:
+        self.announce_keywords(msg.flags)
         seq = view.uids.seq_of(msg.uid)
         flags = set(msg.flags)
         if view.is_recent(msg.uid) and not self.rev2:
@@ -428,12 +453,18 @@ class Session:
         highest, uidnext, uids = snap
         view = SelectedView(mailbox.id, mailbox.name, readonly, mailbox.uidvalidity,
                             UidMap(uids), highest, uidnext)
-        if not readonly:
-            floor = self.server.recent_floor.setdefault(mailbox.id, uidnext - 1)
-            if view.uids.last > floor:
-                view.recent.append((floor + 1, view.uids.last))
+        floor = self.server.recent_floor.setdefault(mailbox.id, uidnext - 1)
+        if view.uids.last > floor:
+            view.recent.append((floor + 1, view.uids.last))
+            if not readonly:   # EXAMINE shows \Recent but leaves it for the next SELECT
                 self.server.recent_floor[mailbox.id] = view.uids.last
         return view
+
+    def note_added(self, mailbox_id: int, uids: list[int]) -> None:
+        """Messages this session put into a mailbox (APPEND, COPY, MOVE) are \\Recent for the
+        next session to select it, also when no session has opened it since start-up."""
+        if uids:
+            self.server.recent_floor.setdefault(mailbox_id, min(uids) - 1)
 
 
 def decode_name(data: bytes, utf8: bool) -> str:
@@ -448,7 +479,8 @@ def decode_name(data: bytes, utf8: bool) -> str:
     try:
         return utf7.decode(data.decode("ascii"))
     except utf7.Utf7Error as exc:
-        raise Bad(f"Mailbox name is not valid modified UTF-7: {exc}") from exc
+        # The command is well-formed (an astring); only the name is unusable: NO, not BAD.
+        raise No(f"Mailbox name is not valid modified UTF-7: {exc}", "CANNOT") from exc
 
 
 def normalize_name(name: str, creating: bool = False) -> str:

@@ -66,19 +66,31 @@ def sent_time(m: Candidate) -> float:
     return m.internaldate
 
 
+def _casemap(text: str) -> str:
+    # i;ascii-casemap (RFC 4790 9.2, the RFC 5256 default): compare with a-z as A-Z, so
+    # "[" and "_" sort after the letters, as in ASCII upper case.
+    return text.casefold().upper()
+
+
 def _first_address(m: Candidate, name: bytes, display: bool) -> str:
+    """RFC 5256 FROM/TO/CC: the addr-mailbox of the first address as the ENVELOPE lists it
+    (a group's start counts: its mailbox is the group name). RFC 5957 DISPLAY*: its
+    display-name, else the address (for a group, its name)."""
     value = m.head.header(name)
     if not value:
         return ""
-    addrs = [a for a in mime.parse_addresses(value) if a[2] is not None]
-    if not addrs:
+    first = next((a for a in mime.parse_addresses(value) if a[1] is not None), None)
+    if first is None:
         return ""
-    disp, local, domain = addrs[0]
-    if display and disp:
-        return mime.decode_words(disp).casefold()
-    if display:
-        return f"{(local or b'').decode('utf-8', 'replace')}@{(domain or b'').decode()}".casefold()
-    return (local or b"").decode("utf-8", "replace").casefold()
+    disp, local, domain = first
+    local_text = (local or b"").decode("utf-8", "replace")
+    if not display:
+        return _casemap(local_text)
+    if disp:
+        return _casemap(mime.decode_words(disp))
+    if domain is None or domain == b"MISSING_DOMAIN":
+        return _casemap(local_text)
+    return _casemap(f"{local_text}@{domain.decode('utf-8', 'replace')}")
 
 
 def _key_fn(name: str) -> Callable[[Candidate], Any]:
@@ -89,7 +101,7 @@ def _key_fn(name: str) -> Callable[[Candidate], Any]:
     if name == "SIZE":
         return lambda m: m.size
     if name == "SUBJECT":
-        return lambda m: base_subject(m.head.header(b"subject"))
+        return lambda m: base_subject(m.head.header(b"subject")).upper()
     fields = {"CC": b"cc", "FROM": b"from", "TO": b"to", "DISPLAYFROM": b"from",
               "DISPLAYTO": b"to"}
     header = fields[name]
@@ -227,8 +239,7 @@ def _prune(nodes: list[_Node]) -> list[_Node]:
 def _sort_key(n: _Node) -> tuple[float, int]:
     m = n.msg
     if m is None:
-        firsts = sorted((_sort_key(c) for c in n.children), default=(0.0, 0))
-        return firsts[0]
+        return min((_sort_key(c) for c in n.children), default=(0.0, 0))
     return sent_time(m), m.seq
 
 
