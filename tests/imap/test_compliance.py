@@ -141,3 +141,50 @@ def test_keyword_from_another_session_is_announced_in_flags_first(imap: ImapEnv)
     flags_at = next(i for i, x in enumerate(reply) if x.startswith(b"* FLAGS"))
     fetch_at = next(i for i, x in enumerate(reply) if b"FETCH" in x and b"$Label2" in x)
     assert flags_at < fetch_at and b"$Label2" in reply[flags_at], reply
+
+
+def _append8(raw: RawClient, tag: bytes, msg: bytes) -> list[bytes]:
+    raw.send(tag + b" APPEND INBOX ~{%d}\r\n" % len(msg))
+    assert raw.line().startswith(b"+")
+    raw.send(msg + b"\r\n")
+    return raw.until_tagged(tag)
+
+
+def test_append_binary_nul_content_becomes_base64(imap: ImapEnv) -> None:
+    # RFC 3516 4.3: a normal literal cannot carry NUL (RFC 9051 4.3), so binary content
+    # appended in a literal8 is stored base64-encoded; BINARY[] still returns the bytes.
+    content = b"\x00-\xe4\n\r\n\n"
+    binary_msg = (b"From: user@domain.org\r\nContent-Transfer-Encoding: binary\r\n"
+                  b"Mime-Version: 1.0\r\nContent-Type: application/octet-stream\r\n\r\n"
+                  + content)
+    multipart = (b"From: a@b.test\r\nMime-Version: 1.0\r\n"
+                 b'Content-Type: multipart/mixed; boundary="xx"\r\n\r\n'
+                 b"--xx\r\nContent-Type: text/plain\r\n\r\nplain \xe4 8bit\r\n"
+                 b"--xx\r\nContent-Type: image/png\r\nContent-Transfer-Encoding: binary\r\n"
+                 b"\r\n\x89PNG\x00\x01\x02\r\n--xx--\r\n")
+    raw = imap.raw()
+    raw.login()
+    assert _append8(raw, b"A1", binary_msg)[-1].startswith(b"A1 OK")
+    assert _append8(raw, b"A2", multipart)[-1].startswith(b"A2 OK")
+    # A NUL where no transfer encoding can carry it is refused.
+    reply = _append8(raw, b"A3", b"From: a@b.test\r\nX-Bad: a\x00b\r\n\r\nbody\r\n")
+    assert reply[-1].startswith(b"A3 NO [UNKNOWN-CTE]"), reply
+    # Content without NUL is stored exactly as sent, even from a literal8.
+    eight = b"From: a@b.test\r\nContent-Transfer-Encoding: binary\r\n\r\n\xe4\xf6\r\n"
+    assert _append8(raw, b"A4", eight)[-1].startswith(b"A4 OK")
+    assert raw.cmd("S1 SELECT INBOX")[-1].startswith(b"S1 OK")
+    whole = _literal(raw.cmd("F1 FETCH 1 BODY.PEEK[]"), b"BODY[]")
+    assert b"\x00" not in whole and b"Content-Transfer-Encoding: base64\r\n\r\n" in whole
+    assert b"Content-Transfer-Encoding: binary" not in whole
+    assert whole.startswith(b"From: user@domain.org\r\nMime-Version: 1.0\r\n")
+    assert b"\x00" not in _literal(raw.cmd("F2 FETCH 1 BODY.PEEK[1]"), b"BODY[1]")
+    assert b"\x00" not in _literal(raw.cmd("F3 FETCH 1 RFC822"), b"RFC822")
+    reply = raw.cmd("F4 FETCH 1 (BINARY.SIZE[1] BINARY.PEEK[1])")
+    assert b"BINARY.SIZE[1] 7" in reply[0] and _literal(reply, b"BINARY[1]") == content
+    size = re.search(rb"RFC822\.SIZE (\d+)", raw.cmd("F5 FETCH 1 RFC822.SIZE")[0])
+    assert size and int(size.group(1)) == len(whole)
+    body = raw.cmd("F6 FETCH 2 BODYSTRUCTURE")[0]
+    assert b'"image" "png" NIL NIL NIL "base64"' in body and b'"8bit"' not in body
+    assert _literal(raw.cmd("F7 FETCH 2 BODY.PEEK[1]"), b"BODY[1]") == b"plain \xe4 8bit"
+    assert _literal(raw.cmd("F8 FETCH 2 BINARY.PEEK[2]"), b"BINARY[2]") == b"\x89PNG\x00\x01\x02"
+    assert _literal(raw.cmd("F9 FETCH 3 BODY.PEEK[]"), b"BODY[]") == eight

@@ -144,3 +144,44 @@ def test_writers_in_two_processes_and_both_paths_never_collide(tmp_path: Path) -
     assert store.read_now(lambda c: c.execute(
         "SELECT COUNT(*) FROM counters WHERE name LIKE 't%'").fetchone()[0]) == 100
     store.close()
+
+
+def test_subscriptions_migrate_from_the_mailbox_column(tmp_path: Path) -> None:
+    # An install from before core migration 2 kept subscriptions on the mailbox rows
+    # (every mailbox subscribed unless the client unsubscribed it).
+    store = Store.open(tmp_path)
+    store.write_sync(lambda c: accounts.add_domain(c, "example.test"))
+    acct = store.write_sync(lambda c: accounts.add_account(c, "old@example.test", "x"))
+    store.write_sync(lambda c: mailq.create_mailbox(c, acct.id, "Work"))
+    store.write_sync(lambda c: mailq.create_mailbox(c, acct.id, "Muted"))
+    store.close()
+    conn = connect(tmp_path / "keepmail.db")
+    conn.execute("DROP TABLE subscriptions")
+    conn.execute("UPDATE schema_versions SET version = 1 WHERE component = 'core'")
+    conn.execute("UPDATE mailboxes SET subscribed = 1")
+    conn.execute("UPDATE mailboxes SET subscribed = 0 WHERE name = 'Muted'")
+    assert migrations.migrate(conn)["core"] >= 2
+    assert mailq.subscriptions(conn, acct.id) == {
+        "INBOX", "Sent", "Drafts", "Junk", "Trash", "Archive", "Work"}
+    conn.close()
+
+
+def test_subscriptions_are_names_that_outlive_and_follow_mailboxes(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    store.write_sync(lambda c: accounts.add_domain(c, "example.test"))
+    acct = store.write_sync(lambda c: accounts.add_account(c, "u@example.test", "x"))
+    subs = lambda: store.write_sync(lambda c: mailq.subscriptions(c, acct.id))  # noqa: E731
+    # New accounts start with their special-use folders subscribed.
+    assert subs() == {"INBOX", "Sent", "Drafts", "Junk", "Trash", "Archive"}
+    box = store.write_sync(lambda c: mailq.create_mailbox(c, acct.id, "A"))
+    store.write_sync(lambda c: mailq.create_mailbox(c, acct.id, "A/B"))
+    assert "A" not in subs()  # creating does not subscribe
+    for name in ("A", "A/B", "A/Gone", "Never/There"):
+        store.write_sync(lambda c, n=name: mailq.set_subscribed(c, acct.id, n, True))
+    store.write_sync(lambda c: mailq.rename_mailbox(c, acct.id, "A", "Z"))
+    assert {"Z", "Z/B", "Z/Gone", "Never/There"} <= subs() and "A" not in subs()
+    store.write_sync(lambda c: mailq.delete_mailbox_rows(c, box.id))
+    assert "Z" in subs()  # deleting a mailbox leaves its name subscribed
+    store.write_sync(lambda c: accounts.delete_account(c, "u@example.test"))
+    assert subs() == set()
+    store.close()

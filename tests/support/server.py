@@ -46,8 +46,18 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
+def _offset_range() -> tuple[int, int]:
+    """Each pytest-xdist worker searches its own range of offsets, so two workers
+    never pick the same one between checking the ports and binding them."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker[2:]) if worker[2:].isdigit() else 4 + os.getpid() % 4
+    low = 20000 + (index % 8) * 4000
+    return low, low + 4000
+
+
 _offset_lock = threading.Lock()
-_next_offset = 20000 + (os.getpid() % 200) * 100
+_offset_low, _offset_high = _offset_range()
+_next_offset = _offset_low + (os.getpid() % 100) * 17
 
 
 def free_port_offset(host: str = "127.0.0.1") -> int:
@@ -56,8 +66,8 @@ def free_port_offset(host: str = "127.0.0.1") -> int:
     with _offset_lock:
         for _ in range(2000):
             _next_offset += 17
-            if _next_offset > 55000:
-                _next_offset = 20000
+            if _next_offset >= _offset_high:
+                _next_offset = _offset_low
             offset = _next_offset
             if all(port_free(host, p + offset) for p in STANDARD_PORTS.values()):
                 return offset

@@ -9,6 +9,12 @@ RFC 7889 (APPENDLIMIT in STATUS), RFC 9208 (QUOTA).
 Hierarchy separator is "/". CREATE makes missing parents; DELETE of a
 mailbox with children is refused with HASCHILDREN (RFC 9051 6.3.5 allows
 this), so the hierarchy never has holes that keepmail made itself.
+
+Subscriptions are names kept apart from the mailboxes (RFC 9051 6.3.7): SUBSCRIBE
+works for a name with no mailbox, DELETE leaves the name subscribed (LIST (SUBSCRIBED)
+shows it \\NonExistent), RENAME carries subscriptions to the new names. CREATE does
+not subscribe (as Dovecot; clients that want it send SUBSCRIBE themselves); a new
+account's own folders start subscribed (accounts.add_account).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from .view import SelectedView
 
 ROLE_ATTRS = {"sent": "\\Sent", "drafts": "\\Drafts", "junk": "\\Junk", "trash": "\\Trash",
               "archive": "\\Archive", "all": "\\All", "flagged": "\\Flagged"}
+MAX_SUBSCRIPTIONS = 10_000   # names per account, existing mailboxes or not
 STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE",
                 "HIGHESTMODSEQ", "APPENDLIMIT")
 
@@ -254,16 +261,33 @@ async def unsubscribe(s: Session, tag: str, r: Reader, uid: bool) -> Result:
 
 
 async def _subscribe(s: Session, r: Reader, on: bool) -> Result:
+    """RFC 9051 6.3.7-6.3.8: the subscription list holds names, so SUBSCRIBE needs no
+    existing mailbox, UNSUBSCRIBE of a name not on the list is harmless, and DELETE leaves
+    the name subscribed (the server MUST NOT unilaterally remove it)."""
     r.sp()
-    name = s.mailbox_arg(r)
+    raw = decode_name(r.astring(), s.utf8)
     r.end()
-    box = _get(s, name)
-    if box is None:
-        if not on:
-            return Result()
-        raise No("Mailbox does not exist", "NONEXISTENT")
-    await s.server.store.write(lambda c: mailq.set_subscribed(c, box.id, on))
+    # A new name is checked like one being created (no wildcards); UNSUBSCRIBE takes any
+    # name that passes the basic checks, so nothing once subscribed gets stuck.
+    name = normalize_name(raw, creating=on)
+    assert s.account is not None
+    account_id = s.account.id
+
+    def txn(conn: sqlite3.Connection) -> None:
+        if on:
+            count = conn.execute("SELECT COUNT(*) FROM subscriptions WHERE account_id = ?",
+                                 (account_id,)).fetchone()[0]
+            if count >= MAX_SUBSCRIPTIONS and name not in mailq.subscriptions(conn, account_id):
+                raise No("Too many subscriptions", "LIMIT")
+        mailq.set_subscribed(conn, account_id, name, on)
+    await s.server.store.write(txn)
     return Result()
+
+
+def _subscriptions(s: Session) -> set[str]:
+    assert s.account is not None
+    account_id = s.account.id
+    return s.server.store.read_now(lambda c: mailq.subscriptions(c, account_id))
 
 
 # -- LIST / LSUB ------------------------------------------------------------------------------
@@ -364,12 +388,24 @@ def _pattern(s: Session, r: Reader) -> str:
 def _list(s: Session, verb: str, reference: str, patterns: list[str], selection: set[str],
           returns: set[str], status: list[str], extended: bool) -> None:
     boxes = {b.name: b for b in _boxes(s)}
+    subscribed_only = "SUBSCRIBED" in selection
+    subs = _subscriptions(s) if subscribed_only or "SUBSCRIBED" in returns else set()
     names = set(boxes)
+    if subscribed_only:  # RFC 5258 3: subscribed names are listed even without a mailbox
+        names |= subs
     for n in list(names):  # implied parents that do not exist (holes)
         parts = n.split("/")
         names.update("/".join(parts[:i]) for i in range(1, len(parts)))
     regexes = [pattern_regex(reference + p) for p in patterns if p or reference]
-    subscribed_only = "SUBSCRIBED" in selection
+    # RFC 5258 3 RECURSIVEMATCH: a parent that is not subscribed itself is returned with
+    # CHILDINFO when a subscribed descendant would not be listed on its own (it does not
+    # match the patterns); these are the ancestors of such descendants.
+    childinfo: set[str] = set()
+    if "RECURSIVEMATCH" in selection:
+        for d in subs:
+            if not any(rx.match(d) for rx in regexes):
+                parts = d.split("/")
+                childinfo.update("/".join(parts[:i]) for i in range(1, len(parts)))
     for name in sorted(names, key=lambda n: (n != "INBOX", n)):
         if not any(rx.match(name) for rx in regexes):
             continue
@@ -377,8 +413,8 @@ def _list(s: Session, verb: str, reference: str, patterns: list[str], selection:
         children = [b for b in boxes.values() if b.name.startswith(name + "/")]
         attrs: list[str] = []
         extra = b""
-        if subscribed_only and (box is None or not box.subscribed):
-            if "RECURSIVEMATCH" in selection and any(c.subscribed for c in children):
+        if subscribed_only and name not in subs:
+            if name in childinfo:
                 extra = b' ("CHILDINFO" ("SUBSCRIBED"))'
             else:
                 continue
@@ -389,7 +425,7 @@ def _list(s: Session, verb: str, reference: str, patterns: list[str], selection:
         attrs.append("\\HasChildren" if children else "\\HasNoChildren")
         if box is not None and box.role in ROLE_ATTRS:
             attrs.append(ROLE_ATTRS[box.role])
-        if box is not None and box.subscribed and ("SUBSCRIBED" in returns or subscribed_only):
+        if name in subs and ("SUBSCRIBED" in returns or subscribed_only):
             attrs.append("\\Subscribed")
         line = (verb.encode() + b" (" + " ".join(attrs).encode() + b') "/" '
                 + s.mailbox_out(name) + extra)
@@ -405,14 +441,16 @@ async def lsub(s: Session, tag: str, r: Reader, uid: bool) -> Result:
     r.sp()
     pattern = _pattern(s, r)
     r.end()
-    boxes = {b.name: b for b in _boxes(s)}
+    subs = _subscriptions(s)
+    existing = {b.name for b in _boxes(s)}
     rx = pattern_regex(reference + pattern)
     shown: set[str] = set()
-    for name, box in sorted(boxes.items()):
-        if not box.subscribed:
-            continue
+    for name in sorted(subs):
         if rx.match(name):
-            s.untagged(b'LSUB () "/" ' + s.mailbox_out(name))
+            # A subscribed name whose mailbox is gone stays listed (RFC 3501 6.3.9),
+            # marked \Noselect since it cannot be selected.
+            attrs = b"" if name in existing else b"\\Noselect"
+            s.untagged(b"LSUB (" + attrs + b') "/" ' + s.mailbox_out(name))
             shown.add(name)
             continue
         if pattern.endswith("%"):  # an unsubscribed level above a subscribed child
@@ -420,8 +458,7 @@ async def lsub(s: Session, tag: str, r: Reader, uid: bool) -> Result:
             for i in range(len(parts) - 1, 0, -1):
                 parent = "/".join(parts[:i])
                 if rx.match(parent) and parent not in shown:
-                    attrs = b"" if boxes.get(parent) and boxes[parent].subscribed \
-                        else b"\\Noselect"
+                    attrs = b"" if parent in subs and parent in existing else b"\\Noselect"
                     s.untagged(b"LSUB (" + attrs + b') "/" ' + s.mailbox_out(parent))
                     shown.add(parent)
                     break

@@ -12,6 +12,7 @@ spam/ham training event in the same transaction as the move.
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import sqlite3
 import time
@@ -20,7 +21,7 @@ from collections.abc import Iterable
 from ..store import imapq
 from ..store import mail as mailq
 from ..store.models import Mailbox
-from . import fetch, msgcache, search, sort_thread, wire
+from . import fetch, mime, msgcache, search, sort_thread, wire
 from .parser import ParseError, Reader, SeqSet
 from .session import AUTH, SEL, SYSTEM_FLAGS, Bad, No, Result, Session, command
 from .view import SelectedView
@@ -572,6 +573,7 @@ async def append_cmd(s: Session, tag: str, r: Reader, uid: bool) -> Result:
             raise No("Cannot append an empty message")
         if len(data) > s.server.config.limits.max_append:
             raise No("Message too large", "TOOBIG")
+    messages = [(f, w, await _storable(data)) for f, w, data in messages]
     store = s.server.store
     box = _existing_mailbox(s, name, "Mailbox")
     await _check_quota(s, sum(len(m[2]) for m in messages))
@@ -584,6 +586,17 @@ async def append_cmd(s: Session, tag: str, r: Reader, uid: bool) -> Result:
     s.server.recorder.event(s.trace_id, "imap.append", account=s.account.address,
                             mailbox=name, count=len(new))
     return Result("completed", f"APPENDUID {box.uidvalidity} {wire.seq_set(new).decode()}")
+
+
+async def _storable(data: bytes) -> bytes:
+    """What APPEND stores: parts holding NUL (sent in a literal8) become base64 (RFC 3516
+    4.3), since no BODY[] or RFC822 literal could return them; anything else as sent."""
+    if b"\x00" not in data:
+        return data
+    try:
+        return await asyncio.to_thread(mime.encode_binary_parts, data)
+    except mime.BinaryContent:
+        raise No("Message has NUL bytes outside any body part", "UNKNOWN-CTE") from None
 
 
 def _existing_mailbox(s: Session, name: str, what: str) -> Mailbox:

@@ -366,6 +366,72 @@ def decode_qp(data: bytes) -> bytes:
     return _QP_ESCAPE.sub(lambda m: bytes((int(m.group(1), 16),)), joined)
 
 
+# -- APPEND of binary content (RFC 3516 4.3) ----------------------------------------
+class BinaryContent(Exception):
+    """NUL bytes where no transfer encoding can carry them (a header, a multipart frame)."""
+
+
+def encode_binary_parts(raw: bytes) -> bytes:
+    """The message with every leaf part whose content holds a NUL re-encoded as base64.
+
+    A normal IMAP literal cannot carry NUL (RFC 9051 4.3, CHAR8), so content that
+    arrived in a literal8 would break BODY[] and RFC822 later; RFC 3516 4.3 lets the
+    server convert binary parts to base64 when appending. Only the parts that need it
+    change (their Content-Transfer-Encoding line and body); every other byte, and every
+    message without a NUL, is stored exactly as sent. BINARY[] still returns the
+    original content, decoded from the base64. Raises BinaryContent when a NUL is left
+    outside any leaf body.
+    """
+    if b"\x00" not in raw:
+        return raw
+    edits: list[tuple[int, int, bytes]] = []
+    _collect_binary(parse(raw), edits)
+    out = raw
+    for start, end, replacement in sorted(edits, reverse=True):
+        out = out[:start] + replacement + out[end:]
+    if b"\x00" in out:
+        raise BinaryContent("NUL bytes outside any body part")
+    return out
+
+
+def _collect_binary(part: Part, edits: list[tuple[int, int, bytes]]) -> None:
+    if part.children:
+        for child in part.children:
+            _collect_binary(child, edits)
+        return
+    if part.message is not None:
+        _collect_binary(part.message, edits)
+        return
+    body = part.body_bytes()
+    if b"\x00" not in body:
+        return
+    declared = parse_content_type(part.header(b"content-type"))
+    if declared is not None and declared[0] in ("multipart", "message"):
+        return  # a composite entity cannot be base64 (RFC 2046 5); left for the caller
+    try:
+        content = decode_body(part)
+    except UnknownEncoding:
+        return
+    header = bytearray()
+    pos = part.start
+    for key, _value, line_start, line_end in part.headers:
+        if key == b"content-transfer-encoding":
+            header += part.raw[pos:line_start]
+            pos = line_end
+    header += part.raw[pos:part.body]
+    # Drop the blank line that ends the header; it goes back after the new field.
+    if header.endswith(b"\r\n"):
+        del header[-2:]
+    elif header.endswith(b"\n"):
+        del header[-1:]
+    header += b"Content-Transfer-Encoding: base64\r\n\r\n"
+    encoded = base64.b64encode(content)
+    lines = b"\r\n".join(encoded[i:i + 76] for i in range(0, len(encoded), 76))
+    if body.endswith(b"\n"):
+        lines += b"\r\n"
+    edits.append((part.start, part.end, bytes(header) + lines))
+
+
 # -- output: BODYSTRUCTURE and ENVELOPE -------------------------------------------
 def _s(value: str | bytes | None) -> Str | None:
     return Str(value) if value is not None else None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from .mail import create_mailbox
+from .mail import create_mailbox, set_subscribed
 from .models import DEFAULT_MAILBOXES, Account, Domain
 
 
@@ -91,6 +91,8 @@ def add_account(conn: sqlite3.Connection, address: str, password_hash: str, *,
     account_id = int(cur.lastrowid or 0)
     for name, role in DEFAULT_MAILBOXES:
         create_mailbox(conn, account_id, name, role)
+        # Subscribed from the start: many clients (Thunderbird) show only subscribed folders.
+        set_subscribed(conn, account_id, name, True)
     return get_account(conn, address) or _missing(address)
 
 
@@ -161,6 +163,7 @@ def delete_account(conn: sqlite3.Connection, address: str) -> None:
                             (account.id,)).fetchall():
         delete_mailbox_rows(conn, row[0])
     conn.execute("DELETE FROM app_passwords WHERE account_id = ?", (account.id,))
+    conn.execute("DELETE FROM subscriptions WHERE account_id = ?", (account.id,))
     conn.execute("DELETE FROM aliases WHERE target = ?", (account.address,))
     conn.execute("DELETE FROM accounts WHERE id = ?", (account.id,))
 

@@ -62,8 +62,37 @@ def list_mailboxes(conn: sqlite3.Connection, account_id: int) -> list[Mailbox]:
         "SELECT * FROM mailboxes WHERE account_id = ? ORDER BY name", (account_id,))]
 
 
-def set_subscribed(conn: sqlite3.Connection, mailbox_id: int, subscribed: bool) -> None:
-    conn.execute("UPDATE mailboxes SET subscribed = ? WHERE id = ?", (int(subscribed), mailbox_id))
+def set_subscribed(conn: sqlite3.Connection, account_id: int, name: str,
+                   subscribed: bool) -> None:
+    """Add or remove a name on the account's subscription list (RFC 9051 6.3.7-6.3.8).
+
+    The list holds names, not mailboxes: a name may be subscribed whether or not a
+    mailbox by that name exists, and deleting a mailbox leaves its name subscribed.
+    """
+    if name.upper() == "INBOX":
+        name = "INBOX"
+    if subscribed:
+        conn.execute("INSERT OR IGNORE INTO subscriptions(account_id, name) VALUES (?, ?)",
+                     (account_id, name))
+    else:
+        conn.execute("DELETE FROM subscriptions WHERE account_id = ? AND name = ?",
+                     (account_id, name))
+
+
+def subscriptions(conn: sqlite3.Connection, account_id: int) -> set[str]:
+    return {row[0] for row in conn.execute(
+        "SELECT name FROM subscriptions WHERE account_id = ?", (account_id,))}
+
+
+def _rename_subscriptions(conn: sqlite3.Connection, account_id: int, old: str, new: str,
+                          separator: str) -> None:
+    """Subscriptions follow a client's RENAME of a mailbox and its inferiors."""
+    prefix = old + separator
+    for row in conn.execute("SELECT name FROM subscriptions WHERE account_id = ?"
+                            " AND (name = ? OR substr(name, 1, ?) = ?)",
+                            (account_id, old, len(prefix), prefix)).fetchall():
+        set_subscribed(conn, account_id, row[0], False)
+        set_subscribed(conn, account_id, new + row[0][len(old):], True)
 
 
 def rename_mailbox(conn: sqlite3.Connection, account_id: int, old: str, new: str,
@@ -83,10 +112,13 @@ def rename_mailbox(conn: sqlite3.Connection, account_id: int, old: str, new: str
                             (account_id, source.name, len(prefix), prefix)).fetchall():
         renamed = new + row["name"][len(source.name):]
         conn.execute("UPDATE mailboxes SET name = ? WHERE id = ?", (renamed, row["id"]))
+    _rename_subscriptions(conn, account_id, source.name, new, separator)
 
 
 def _move_inbox_contents(conn: sqlite3.Connection, inbox: Mailbox, new: str) -> None:
     target = create_mailbox(conn, inbox.account_id, new)
+    if "INBOX" in subscriptions(conn, inbox.account_id):  # INBOX keeps its own
+        set_subscribed(conn, inbox.account_id, target.name, True)
     uids = [m.uid for m in list_messages(conn, inbox.id)]
     copy_messages(conn, inbox.id, uids, target.id)
     expunge(conn, inbox.id, uids)

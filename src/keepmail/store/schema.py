@@ -90,6 +90,20 @@ CORE = [
         consumed INTEGER NOT NULL DEFAULT 0
     )
     """,
+    # 2: subscriptions are names, not a property of a mailbox row (RFC 9051 6.3.7, RFC 3501
+    # 6.3.6): a name stays subscribed when its mailbox is deleted, and a name can be
+    # subscribed before (or without) a mailbox existing. Existing installs keep what they
+    # had: every mailbox row flagged subscribed becomes a subscription. mailboxes.subscribed
+    # stays behind unused (SQLite cannot drop it without rebuilding the table).
+    """
+    CREATE TABLE subscriptions (
+        account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        PRIMARY KEY (account_id, name)
+    ) WITHOUT ROWID;
+    INSERT OR IGNORE INTO subscriptions(account_id, name)
+        SELECT account_id, name FROM mailboxes WHERE subscribed != 0
+    """,
 ]
 
 migrations.register("blobs", blobs.SCHEMA)
