@@ -185,3 +185,27 @@ def test_subscriptions_are_names_that_outlive_and_follow_mailboxes(tmp_path: Pat
     store.write_sync(lambda c: accounts.delete_account(c, "u@example.test"))
     assert subs() == set()
     store.close()
+
+
+def test_every_foreign_key_has_an_index(tmp_path: Path) -> None:
+    """Deleting a parent row checks every child table: an unindexed foreign key turns
+    each delete (a blob after its last copy is expunged, say) into a full scan."""
+    from keepmail.inbound import quarantine  # noqa: F401  (registers its tables)
+    from keepmail.outbound import agent  # noqa: F401
+
+    store = Store.open(tmp_path)
+    conn = connect(tmp_path / "keepmail.db")
+    unindexed = []
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+    for table in tables:
+        firsts = {conn.execute(f"PRAGMA index_info('{ix[1]}')").fetchone()[2]
+                  for ix in conn.execute(f"PRAGMA index_list('{table}')")}
+        pk = [r[1] for r in sorted(conn.execute(f"PRAGMA table_info('{table}')"),
+                                   key=lambda r: r[5]) if r[5] == 1]
+        firsts.update(pk[:1])
+        for fk in conn.execute(f"PRAGMA foreign_key_list('{table}')"):
+            if fk[3] not in firsts:
+                unindexed.append(f"{table}.{fk[3]} -> {fk[2]}")
+    conn.close()
+    store.close()
+    assert not unindexed, unindexed

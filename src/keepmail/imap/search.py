@@ -280,8 +280,14 @@ class Program:
 
         if name_l in _ADDRESS_FIELDS:
             def addr_pred(m: Candidate) -> bool:
-                return (any(text in value for value in m.folded(name_l))
-                        or text in _address_text(m, name_l))
+                values = m.folded(name_l)
+                if any(text in value for value in values):
+                    return True
+                # The envelope's form differs from the field only around comments and
+                # quoted parts: parse just those (parsing every field made SEARCH FROM
+                # 1.6x slower on bench/imap_bench.py).
+                return (any("(" in value or '"' in value for value in values)
+                        and text in _address_text(m, name_l))
             return addr_pred
 
         def pred(m: Candidate) -> bool:

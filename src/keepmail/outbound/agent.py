@@ -107,12 +107,28 @@ class Destination:
     domain: str
     jobs: collections.deque[Job] = field(default_factory=collections.deque)
     workers: int = 0
-    idle: int = 0
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # Idle workers, each waiting on its own future: a new job wakes exactly one
+    # (an Event would wake them all, and all but one would go back to sleep).
+    waiters: collections.deque[asyncio.Future[None]] = field(default_factory=collections.deque)
     plan: Plan | None = None
     plan_until: float = 0.0
     down: DeliveryError | None = None
     down_until: float = 0.0
+
+    @property
+    def idle(self) -> int:
+        return len(self.waiters)
+
+    def wake_one(self) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def wake_all(self) -> None:
+        while self.waiters:
+            self.wake_one()
 
 
 def backoff(settings: OutboundSection, attempts: int) -> float:
@@ -143,6 +159,10 @@ class DeliveryAgent:
         self._open_ctx.check_hostname = False
         self._open_ctx.verify_mode = ssl.CERT_NONE
         self._dests: dict[str, Destination] = {}
+        # Plans outlive their Destination (which goes when its queue empties), and
+        # one look-up per domain runs at a time, shared by the workers waiting on it.
+        self._plans: dict[str, tuple[float, Plan]] = {}
+        self._planning: dict[str, asyncio.Future[Plan]] = {}
         self._inflight: set[int] = set()
         self._active = 0
         self._wake = asyncio.Event()
@@ -173,7 +193,7 @@ class DeliveryAgent:
         self._wake.set()
         for dest in self._dests.values():
             dest.jobs.clear()
-            dest.wake.set()
+            dest.wake_all()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -278,7 +298,7 @@ class DeliveryAgent:
         if dest is None:
             dest = self._dests[job.domain] = Destination(job.domain)
         dest.jobs.append(job)
-        dest.wake.set()
+        dest.wake_one()
         self._spawn(dest)
 
     def _spawn(self, dest: Destination) -> None:
@@ -323,13 +343,18 @@ class DeliveryAgent:
             remaining = deadline - loop.time()
             if remaining <= 0 or self._closing:
                 return None
-            dest.idle += 1
-            dest.wake.clear()
+            waiter: asyncio.Future[None] = loop.create_future()
+            dest.waiters.append(waiter)
             try:
+                # asyncio.timeout, not wait_for: no extra task per wait.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(dest.wake.wait(), remaining)
+                    async with asyncio.timeout(remaining):
+                        await waiter
             finally:
-                dest.idle -= 1
+                if not waiter.done():
+                    waiter.cancel()
+                    with contextlib.suppress(ValueError):
+                        dest.waiters.remove(waiter)
         return dest.jobs.popleft()
 
     async def _attempt(self, dest: Destination, job: Job, conn: Conn | None) -> Conn | None:
@@ -395,22 +420,62 @@ class DeliveryAgent:
     # -- planning and connecting -----------------------------------------------
     async def _plan(self, dest: Destination, rec: Callable[..., None]) -> Plan:
         loop = asyncio.get_running_loop()
-        if dest.plan is not None and dest.plan_until > loop.time():
+        now = loop.time()
+        if dest.plan is not None and dest.plan_until > now:
             return dest.plan
+        cached = self._plans.get(dest.domain)
+        if cached is not None and cached[0] > now:
+            dest.plan, dest.plan_until = cached[1], cached[0]
+            return cached[1]
+        shared = self._planning.get(dest.domain)
+        if shared is not None:
+            try:
+                plan = await asyncio.shield(shared)
+            except DeliveryError as exc:
+                rec("plan", error=exc.text)
+                raise
+            except asyncio.CancelledError:
+                if not shared.cancelled():
+                    raise        # this worker was cancelled
+                raise DeliveryError("4.4.3", f"MX look-up for {dest.domain} interrupted") \
+                    from None
+        else:
+            shared = loop.create_future()
+            self._planning[dest.domain] = shared
+            try:
+                plan = await self._look_up(dest.domain, rec)
+            except BaseException as exc:
+                if isinstance(exc, DeliveryError):
+                    shared.set_exception(exc)
+                    shared.exception()   # retrieved: no "never retrieved" warning
+                else:
+                    shared.cancel()
+                raise
+            finally:
+                del self._planning[dest.domain]
+            shared.set_result(plan)
+            until = loop.time() + PLAN_SECONDS
+            if len(self._plans) >= 1000:
+                self._plans = {d: p for d, p in self._plans.items() if p[0] > now}
+            self._plans[dest.domain] = (until, plan)
+        entry = self._plans.get(dest.domain)
+        dest.plan, dest.plan_until = plan, entry[0] if entry else now + PLAN_SECONDS
+        return plan
+
+    async def _look_up(self, domain: str, rec: Callable[..., None]) -> Plan:
+        """MX targets and MTA-STS policy for domain (recorded on the trace that asked)."""
         try:
-            targets = await mxlookup.lookup(self.dns, dest.domain, rng=self.rng)
+            targets = await mxlookup.lookup(self.dns, domain, rng=self.rng)
         except mxlookup.NoRoute as exc:
             rec("plan", error=str(exc))
             raise DeliveryError(exc.status, str(exc), permanent=exc.permanent) from None
         policy, note = None, "MTA-STS disabled"
         if self.mtasts is not None:
-            policy, note = await self.mtasts.policy(dest.domain, self.clock())
+            policy, note = await self.mtasts.policy(domain, self.clock())
         rec("plan", mx=[{"host": t.host, "preference": t.preference, "ips": t.ips,
                          "dnssec": t.secure, "error": t.error} for t in targets],
             mta_sts=policy.mode if policy else "none", mta_sts_note=note)
-        dest.plan = Plan(targets, policy, note)
-        dest.plan_until = loop.time() + PLAN_SECONDS
-        return dest.plan
+        return Plan(targets, policy, note)
 
     async def _connect(self, dest: Destination, rec: Callable[..., None]) -> Conn:
         loop = asyncio.get_running_loop()

@@ -75,6 +75,9 @@ class DkimKeys:
         self.directory = store.data_dir / "keys" / "dkim"
         self.activate_after = activate_after   # seconds
         self._cache: dict[str, tuple[float, list[SigningKey]]] = {}
+        # Parsed private keys by (domain, selector): a selector is never reused, and
+        # parsing an RSA key (with its consistency check) stalls the loop for ms.
+        self._parsed: dict[tuple[str, str], PrivateKey] = {}
 
     # -- reading -----------------------------------------------------------------
     def list(self, domain: str | None = None) -> list[KeyInfo]:
@@ -103,7 +106,11 @@ class DkimKeys:
         return self.directory / domain / f"{selector}.pem"
 
     def _load(self, info: KeyInfo) -> PrivateKey:
-        return load_private_key(self._path(info.domain, info.selector).read_bytes())
+        key = self._parsed.get((info.domain, info.selector))
+        if key is None:
+            key = load_private_key(self._path(info.domain, info.selector).read_bytes())
+            self._parsed[(info.domain, info.selector)] = key
+        return key
 
     def dns_records(self, domain: str) -> list[tuple[str, str, str]]:
         """(name, "TXT", value) for every key of domain not retired."""
@@ -117,7 +124,11 @@ class DkimKeys:
     def ensure(self, domain: str) -> list[KeyInfo]:
         """Create the first generation for domain if it has no key yet."""
         current = [i for i in self.list(domain) if i.retired is None]
-        return current or self.rotate(domain, activate_after=0.0)
+        current = current or self.rotate(domain, activate_after=0.0)
+        # Parse the keys now, at start-up, rather than on the first message (an RSA
+        # key's consistency check takes tens of milliseconds of the event loop).
+        self.signing_keys(domain)
+        return current
 
     def rotate(self, domain: str, *, activate_after: float | None = None,
                now: float | None = None) -> list[KeyInfo]:
@@ -171,6 +182,7 @@ class DkimKeys:
             [(when, domain, i.selector) for i in chosen]))
         for info in chosen:
             self._path(domain, info.selector).unlink(missing_ok=True)
+            self._parsed.pop((domain, info.selector), None)
         self._cache.pop(domain, None)
         return chosen
 

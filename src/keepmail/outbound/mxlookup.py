@@ -7,23 +7,21 @@ NXDOMAIN is permanent; timeouts and SERVFAIL are temporary. Each answer
 carries whether the resolver vouched for it with the AD bit (RFC 4035 3.2.3),
 which DANE (RFC 7672 2.1) needs.
 
-The DNS client here talks to the resolver from [dns] nameservers with
-dnspython's async resolver. TODO: switch to keepmail.dnsx.resolver once
-it lands, keeping this module's interface (`Dns`).
+The DNS client here is keepmail's shared resolver (keepmail.dnsx.resolver)
+asked with the DO and AD bits, behind this module's small interface (`Dns`)
+that the MX, MTA-STS and DANE look-ups use; its answers are cached for their
+TTL, so a busy queue does not ask the same questions for every connection.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import dns.asyncresolver
-import dns.exception
-import dns.flags
-import dns.rdatatype
-import dns.resolver
+from ..dnsx.resolver import DEFAULT_TIMEOUT, DnsNameError, DnsTempError, Resolver
 
 
 class DnsTemporary(Exception):
@@ -45,51 +43,30 @@ class Dns(Protocol):
 
 
 class DnsClient:
-    """dnspython's async resolver aimed at the configured nameservers."""
+    """The `Dns` interface on a keepmail.dnsx Resolver that asks for DNSSEC status."""
 
-    def __init__(self, nameservers: list[str], timeout: float = 5.0) -> None:
-        self.resolver = dns.asyncresolver.Resolver(configure=not nameservers)
-        if nameservers:
-            ips, ports = [], {}
-            for ns in nameservers:
-                host, port = _split_hostport(ns)
-                ips.append(host)
-                ports[host] = port
-            self.resolver.nameservers = ips
-            self.resolver.nameserver_ports = ports
-        self.resolver.lifetime = timeout
-        self.resolver.timeout = timeout
-        # Ask for DNSSEC status: DO bit in EDNS and AD in the query (RFC 6840 5.7).
-        self.resolver.use_edns(0, dns.flags.DO, 1232)
-        self.resolver.flags = dns.flags.RD | dns.flags.AD
-        self.resolver.cache = None
+    def __init__(self, nameservers: Sequence[str] | None = None, timeout: float = 5.0, *,
+                 resolver: Resolver | None = None) -> None:
+        if resolver is None:
+            # No nameservers configured: the system's (/etc/resolv.conf).
+            resolver = Resolver(list(nameservers) if nameservers else None,
+                                timeout=min(timeout, DEFAULT_TIMEOUT), lifetime=timeout,
+                                want_dnssec=True)
+        elif not resolver.want_dnssec:
+            raise ValueError("the delivery agent's resolver must ask for DNSSEC status "
+                             "(want_dnssec=True): DANE needs the AD bit")
+        self.resolver = resolver
 
     async def query(self, name: str, rdtype: str) -> Answer:
         try:
-            answer = await self.resolver.resolve(name, rdtype, raise_on_no_answer=False,
-                                                 search=False)
-        except dns.resolver.NXDOMAIN:
-            raise DnsNoDomain(name) from None
-        except (dns.resolver.NoNameservers, dns.exception.Timeout,
-                dns.resolver.LifetimeTimeout) as exc:
-            raise DnsTemporary(f"{rdtype} {name}: {exc}") from None
-        except dns.exception.DNSException as exc:
-            raise DnsTemporary(f"{rdtype} {name}: {exc}") from None
-        secure = bool(answer.response.flags & dns.flags.AD)
-        if answer.rrset is None:
-            return Answer([], secure)
-        return Answer([rd.to_text() for rd in answer.rrset], secure)
-
-
-def _split_hostport(text: str) -> tuple[str, int]:
-    text = text.strip()
-    if text.startswith("["):
-        host, _, port = text[1:].partition("]:")
-        return host.rstrip("]"), int(port or 53)
-    if text.count(":") == 1:
-        host, _, port = text.partition(":")
-        return host, int(port)
-    return text, 53
+            records = await self.resolver.lookup(name, rdtype)
+        except DnsNameError:
+            raise DnsNoDomain(name) from None     # a name that cannot exist in DNS
+        except DnsTempError as exc:
+            raise DnsTemporary(str(exc)) from None
+        if records.nxdomain:
+            raise DnsNoDomain(name)
+        return Answer([rd.to_text() for rd in records], records.secure)
 
 
 @dataclass

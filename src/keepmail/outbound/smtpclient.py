@@ -77,12 +77,23 @@ class SmtpClient:
 
     # -- replies -----------------------------------------------------------------
     async def read_reply(self, what: str = "") -> ServerReply:
-        lines: list[str] = []
+        return (await self.read_replies([what]))[0]
+
+    async def read_replies(self, whats: Sequence[str]) -> list[ServerReply]:
+        """One reply per command in whats (a pipelined group), in order."""
+        replies: list[ServerReply] = []
+        what = ""
         try:
             # asyncio.timeout, not wait_for: wait_for wraps each read in a new task,
             # which costs an event-loop cycle per reply line even when it is buffered.
+            # One deadline for the group: its replies usually come in one packet.
             async with asyncio.timeout(self.timeout):
-                reply = await self._read_lines(lines)
+                for what in whats:
+                    reply = await self._read_lines([])
+                    self.record("smtp", command=what, reply=str(reply)[:2000])
+                    if reply.code == 421:
+                        self.closed = True
+                    replies.append(reply)
         except SmtpClientError:
             self.closed = True
             raise
@@ -90,10 +101,7 @@ class SmtpClient:
             self.closed = True
             raise SmtpClientError(f"no reply{' to ' + what if what else ''}: "
                                   f"{exc or type(exc).__name__}") from None
-        self.record("smtp", command=what, reply=str(reply)[:2000])
-        if reply.code == 421:
-            self.closed = True
-        return reply
+        return replies
 
     async def _read_lines(self, lines: list[str]) -> ServerReply:
         while True:
@@ -192,10 +200,9 @@ class SmtpClient:
                          ) -> tuple[ServerReply, list[ServerReply | None], ServerReply | None]:
         lines = [mail, *rcpt_lines, "DATA"]
         await self._write("".join(line + "\r\n" for line in lines).encode("utf-8"))
-        mail_reply = await self.read_reply(mail)
-        rcpt_replies: list[ServerReply | None] = [await self.read_reply(line)
-                                                  for line in rcpt_lines]
-        data_reply = await self.read_reply("DATA")
+        replies = await self.read_replies(lines)
+        mail_reply, data_reply = replies[0], replies[-1]
+        rcpt_replies: list[ServerReply | None] = list(replies[1:-1])
         accepted = mail_reply.code == 250 and any(r and r.code < 300 for r in rcpt_replies)
         if data_reply.code != 354:
             return mail_reply, rcpt_replies, data_reply if accepted else None

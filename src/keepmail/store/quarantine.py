@@ -36,6 +36,10 @@ SCHEMA = [
     );
     CREATE INDEX quarantine_created ON quarantine(created)
     """,
+    # 2: deleting any blob checks this table's foreign key (see core migration 3).
+    """
+    CREATE INDEX IF NOT EXISTS quarantine_blob ON quarantine(blob_id)
+    """,
 ]
 migrations.register("quarantine", SCHEMA)
 

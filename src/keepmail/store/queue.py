@@ -50,6 +50,11 @@ SCHEMA = [
     CREATE INDEX queue_rcpts_due ON queue_rcpts(held, next_attempt);
     CREATE INDEX queue_rcpts_msg ON queue_rcpts(msg_id)
     """,
+    # Deleting a blob makes SQLite look for rows that still reference it (foreign
+    # keys are on): without an index that is a scan of the whole queue per blob.
+    """
+    CREATE INDEX queue_messages_blob ON queue_messages(blob_id)
+    """,
 ]
 
 migrations.register("queue", SCHEMA)
@@ -196,10 +201,11 @@ def release_if_empty(conn: sqlite3.Connection, msg_id: int) -> bool:
         (msg_id, msg_id)).fetchone()
     if row is None:
         return False
-    left = conn.execute("UPDATE blobs SET refs = refs - 1 WHERE id = ? RETURNING refs",
-                        (row[0],)).fetchone()
-    if left is not None and left[0] <= 0:
-        conn.execute("DELETE FROM blobs WHERE id = ?", (row[0],))
+    # Usually the queue holds the last reference: then one statement drops the blob
+    # (and its chunks, ON DELETE CASCADE) instead of an UPDATE and a DELETE.
+    if conn.execute("DELETE FROM blobs WHERE id = ? AND refs <= 1 RETURNING id",
+                    (row[0],)).fetchone() is None:
+        conn.execute("UPDATE blobs SET refs = refs - 1 WHERE id = ?", (row[0],))
     return True
 
 
