@@ -188,3 +188,13 @@ def test_append_binary_nul_content_becomes_base64(imap: ImapEnv) -> None:
     assert _literal(raw.cmd("F7 FETCH 2 BODY.PEEK[1]"), b"BODY[1]") == b"plain \xe4 8bit"
     assert _literal(raw.cmd("F8 FETCH 2 BINARY.PEEK[2]"), b"BINARY[2]") == b"\x89PNG\x00\x01\x02"
     assert _literal(raw.cmd("F9 FETCH 3 BODY.PEEK[]"), b"BODY[]") == eight
+
+
+def test_envelope_keeps_the_source_route(imap: ImapEnv) -> None:
+    # RFC 9051 7.5.2: an address is (name adl mailbox host); adl is the obsolete route.
+    imap.deliver(b"From: Joe <@r1.test,@r2.test:joe@example.test>\r\n"
+                 b"To: plain@example.test\r\nSubject: route\r\n\r\nx\r\n")
+    raw = _selected(imap)
+    line = b"".join(raw.cmd("E1 FETCH 1 ENVELOPE"))
+    assert b'(("Joe" "@r1.test,@r2.test" "joe" "example.test"))' in line, line
+    assert b'((NIL NIL "plain" "example.test"))' in line, line

@@ -501,8 +501,10 @@ def _addresses(value: bytes | None) -> list[object] | None:
     if value is None:
         return None
     out: list[object] = []
-    for name, mailbox, host in parse_addresses(value):
-        out.append([_s(name), None, _s(mailbox), _s(host)])
+    routes: list[bytes | None] = []
+    for (name, mailbox, host), route in zip(parse_addresses(value, routes), routes,
+                                            strict=True):
+        out.append([_s(name), _s(route), _s(mailbox), _s(host)])
     return out or None
 
 
@@ -578,7 +580,8 @@ def _addr_spec(tokens: list[tuple[str, bytes]]) -> tuple[bytes | None, bytes | N
 Address = tuple[bytes | None, bytes | None, bytes | None]
 
 
-def _mailbox(tokens: list[tuple[str, bytes]]) -> Address | None:
+def _mailbox(tokens: list[tuple[str, bytes]],
+             route: list[bytes | None] | None = None) -> Address | None:
     if not tokens:
         return None
     if any(k == "s" and t == b"<" for k, t in tokens):
@@ -586,7 +589,9 @@ def _mailbox(tokens: list[tuple[str, bytes]]) -> Address | None:
         gt = next((i for i, (k, t) in enumerate(tokens) if k == "s" and t == b">"), len(tokens))
         inner = tokens[lt + 1:gt]
         colon = next((i for i, (k, t) in enumerate(inner) if k == "s" and t == b":"), -1)
-        if colon >= 0:  # obsolete source route: drop it
+        if colon >= 0:  # obsolete source route (RFC 5322 4.4): ENVELOPE's "adl" field
+            if route is not None:
+                route.append(b"".join(t for _k, t in inner[:colon]) or None)
             inner = inner[colon + 1:]
         local, domain = _addr_spec(inner)
         return _phrase(tokens[:lt]), local, domain
@@ -602,10 +607,20 @@ def _complete(addr: Address) -> Address:
     return name, local or b"MISSING_MAILBOX", domain or b"MISSING_DOMAIN"
 
 
-def parse_addresses(value: bytes) -> list[Address]:
-    """(display name, mailbox, host) triples; groups as RFC 9051 7.5.2 encodes them."""
+def parse_addresses(value: bytes, routes: list[bytes | None] | None = None) -> list[Address]:
+    """(display name, mailbox, host) triples; groups as RFC 9051 7.5.2 encodes them.
+
+    With `routes`, the source route of each result (or None) is appended to it.
+    """
     tokens = _tokens(value)
     result: list[Address] = []
+    track = routes is not None
+    if routes is None:
+        routes = []
+
+    def add(addr: Address, route: list[bytes | None]) -> None:
+        result.append(addr)
+        routes.append(route[0] if route else None)
     current: list[tuple[str, bytes]] = []
     in_group = False
     depth = 0
@@ -615,23 +630,26 @@ def parse_addresses(value: bytes) -> list[Address]:
         elif kind == "s" and text == b">":
             depth = max(0, depth - 1)
         if kind == "s" and depth == 0 and text == b":" and not in_group:
-            result.append((None, _phrase(current) or b"", None))
+            add((None, _phrase(current) or b"", None), [])
             in_group, current = True, []
         elif kind == "s" and depth == 0 and text in (b",", b";"):
-            addr = _mailbox(current)
+            route: list[bytes | None] = []
+            addr = _mailbox(current, route if track else None)
             if addr is not None and (addr[1] or addr[2]):
-                result.append(_complete(addr))
+                add(_complete(addr), route)
             current = []
             if text == b";" and in_group:
-                result.append((None, None, None))
+                add((None, None, None), [])
                 in_group = False
         else:
             current.append((kind, text))
-    addr = _mailbox(current)
+    route = []
+    addr = _mailbox(current, route if track else None)
     if addr is not None and (addr[1] or addr[2]):
-        result.append(_complete(addr))
+        add(_complete(addr), route)
     if in_group:
-        result.append((None, None, None))
+        add((None, None, None), [])
+    del routes[1000:]
     return result[:1000]
 
 
