@@ -116,8 +116,11 @@ class App:
         self.add("maintenance", 0, Maintenance(cfg, self.store, self.recorder))
         model_path = cfg.data_dir / "spam" / "model.bin"
         self.classifier = Classifier.open(model_path)  # the starter model on a new install
-        self.add("spam-learner", 0, Learner(self.store, self.classifier, model_path))
+        learner = Learner(self.store, self.classifier, model_path)
+        self.add("spam-learner", 0, learner)
         outbound = build_outbound(self)        # sets self.forwarder for alias forwards
+        # Writing to someone vouches for them: their reputation gets a (bounded) ham vote.
+        self.submission_handler.on_sent = learner.note_reply
         guards = build_abuse(self, content_score=lambda raw: self.classifier.score(
             raw).probability)                  # sets self.abuse
         install_abuse(self, guards)            # throttles and limits submission

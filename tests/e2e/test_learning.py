@@ -55,6 +55,11 @@ def test_junk_moves_teach_the_classifier(tmp_path: Path) -> None:
         learner = next(s for name, _p, s in srv.app.services if name == "spam-learner")
         assert isinstance(learner, Learner)
         assert srv.call(learner.run_once()) == 6
+        # Bob's moves also taught the sender's reputation, but only as much as one
+        # user may: three spam votes or one ham vote, however many messages he moved.
+        spam, ham = learner.classifier.reputation.counts["addr:deals@offers.test"]
+        assert (spam, ham) == ((3, 0) if target == "Junk" else (0, 1))
+        assert learner.classifier.reputation.counts["dom:offers.test"] == [spam, ham]
         send(6)
         after = probability(folder_of(6)[1])
         if target == "Junk":
@@ -90,5 +95,27 @@ def test_admin_training_reaches_the_running_server(tmp_path: Path) -> None:
         left = srv.store.read_now(lambda c: c.execute(
             "SELECT COUNT(*) FROM training_events WHERE consumed = 0").fetchone()[0])
         assert left == 0
+    finally:
+        srv.stop()
+
+
+def test_writing_to_someone_vouches_for_their_reputation(tmp_path: Path) -> None:
+    """Mail a user submits to an outside address is a (bounded) ham vote for it."""
+    srv = make_server(tmp_path, outbound={"mta_sts": False, "dane": False})
+    try:
+        learner = next(s for name, _p, s in srv.app.services if name == "spam-learner")
+        assert isinstance(learner, Learner)
+        counts = learner.classifier.reputation.counts
+        assert "addr:orders@supplier.test" not in counts
+        with smtplib.SMTP(srv.host, srv.port("submission")) as c:
+            c.starttls(context=ssl._create_unverified_context())
+            c.login("bob@example.test", PASSWORD)
+            for n in range(3):   # writing again does not add more than one user's vote
+                c.sendmail("bob@example.test", ["orders@supplier.test", "alice@example.test"],
+                           f"From: bob@example.test\r\nSubject: order {n}\r\n\r\nHi\r\n".encode())
+        assert counts["addr:orders@supplier.test"] == [0, 1]
+        assert counts["dom:supplier.test"] == [0, 1]
+        # Local recipients are not outside correspondents: no reputation entry.
+        assert "addr:alice@example.test" not in counts
     finally:
         srv.stop()

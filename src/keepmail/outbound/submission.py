@@ -51,6 +51,9 @@ class SubmissionHandler(Handler):
         self.agent = agent
         self.dkim = dkim
         self.checks = list(checks)
+        # Called with (sender account address, remote recipients) for mail that will be
+        # sent: the spam learner counts it as a ham vote for those correspondents.
+        self.on_sent: Callable[[str, list[str]], None] | None = None
 
     async def auth(self, session: Session, username: str, password: str) -> Account | Reply:
         account = await self.authenticator.authenticate(username, password)
@@ -199,6 +202,8 @@ class SubmissionHandler(Handler):
             session.record("queued", queue_id=msg.id, rcpts=remote, held=held or None)
             if self.agent is not None and not held:
                 self.agent.dispatch_rows(msg, rows, raw)
+            if self.on_sent is not None and not held:
+                self.on_sent(account.address, remote)
         return r(250, "2.0.0", f"Queued as {envelope.trace_id}")
 
 

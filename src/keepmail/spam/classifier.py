@@ -14,16 +14,23 @@ Who learns what:
   ``USER_MARGIN_CAP`` logits).  A user's *spam* report also trains the org
   model: the worst it can do is junk mail for others, never let spam through;
   a user's *ham* report does not, so one user cannot whitelist spam for all.
+  Both also count towards the sender's reputation, a bounded number of times
+  per user and sender (see ``Reputation``).
 
 Reputation: spam/ham counts per envelope sender address, sending domain and
-client /24 network, learned from org-level history, enter the model as
+client /24 network, learned from the organization's history - admin training
+and what users junked, released from quarantine or replied to, each user's
+contribution to one sender capped (``Reputation``) - enter the model as
 bucketed tokens (``rep:dom:r3:n4`` = mostly spam, 8-15 messages seen) whose
 weights are learned like any other feature.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +40,9 @@ from .model import Model, UserModel, sigmoid
 from .persist import ModelState, dump, load_with_recovery, save_atomic
 
 REPUTATION_MAX_KEYS = 200_000
+USER_SPAM_VOTES = 3     # most spam judgements one user adds to one sender/domain/network
+USER_HAM_VOTES = 1      # most ham judgements one user adds (whitewashing needs many users)
+MAX_VOTERS = 64         # distinct users remembered per key; later ones are not counted
 REASONS = 8
 
 
@@ -44,11 +54,26 @@ class SpamScore:
 
 
 class Reputation:
-    """Bounded spam/ham counters per sender address, sender domain and client /24."""
+    """Bounded spam/ham counters per sender address, sender domain and client /24.
+
+    ``counts[key] = [spam, ham]`` adds up the organization's history: every
+    org-level judgement (admin, training run) counts once, and users' own
+    judgements (Junk moves, quarantine releases, replies) count too, but each
+    user only so far: ``voters[key][user] = [spam, ham]`` remembers what that
+    user already contributed to that key, capped at ``USER_SPAM_VOTES`` /
+    ``USER_HAM_VOTES``.  So one account (a careless user or a spammer's
+    accomplice) adds at most one ham to a sender however often it releases or
+    replies to its mail: a known spammer stays known, and a new sender moves
+    from "new" to the middle bin (r1), not to "good", until several distinct
+    users vouch for it.  A user who changes their mind (out of Junk after into
+    Junk) withdraws one earlier vote before casting the new one.
+    """
 
     def __init__(self, counts: dict[str, list[int]] | None = None,
+                 voters: dict[str, dict[str, list[int]]] | None = None,
                  max_keys: int = REPUTATION_MAX_KEYS) -> None:
         self.counts = counts if counts is not None else {}
+        self.voters = voters if voters is not None else {}
         self.max_keys = max_keys
 
     @staticmethod
@@ -71,18 +96,40 @@ class Reputation:
                 out.append(f"rep:{kind}:r{min(share, 4)}:n{min(n.bit_length(), 5)}")
         return out
 
-    def update(self, f: feat.Features, is_spam: bool) -> None:
+    def update(self, f: feat.Features, is_spam: bool, user: str | None = None) -> None:
+        """Count one judgement of `f`'s sender: org-level (user None) or one user's."""
         for kind, key in self.keys(f):
             if key:
-                pair = self.counts.setdefault(f"{kind}:{key}", [0, 0])
-                pair[0 if is_spam else 1] += 1
+                self.count(f"{kind}:{key}", is_spam, user)
         if len(self.counts) > self.max_keys:
             self._shrink()
+
+    def count(self, key: str, is_spam: bool, user: str | None = None) -> None:
+        own, other = (0, 1) if is_spam else (1, 0)
+        if user is None:
+            self.counts.setdefault(key, [0, 0])[own] += 1
+            return
+        votes = self.voters.get(key)
+        if votes is None:
+            votes = self.voters[key] = {}
+        mine = votes.get(user)
+        if mine is None:
+            if len(votes) >= MAX_VOTERS:
+                return          # enough distinct users on record for this key
+            mine = votes[user] = [0, 0]
+        pair = self.counts.setdefault(key, [0, 0])
+        if mine[other] > 0:     # a change of mind: withdraw one earlier vote first
+            mine[other] -= 1
+            pair[other] = max(0, pair[other] - 1)
+        if mine[own] < (USER_SPAM_VOTES if is_spam else USER_HAM_VOTES):
+            mine[own] += 1
+            pair[own] += 1
 
     def _shrink(self) -> None:
         # Forget the least-seen half: one-off senders carry the least evidence.
         ranked = sorted(self.counts.items(), key=lambda kv: kv[1][0] + kv[1][1], reverse=True)
         self.counts = dict(ranked[: self.max_keys // 2])
+        self.voters = {k: v for k, v in self.voters.items() if k in self.counts}
 
 
 class Classifier:
@@ -92,7 +139,7 @@ class Classifier:
         state = state or ModelState(Model())
         self.model = state.model
         self.users: dict[str, UserModel] = state.users
-        self.reputation = Reputation(state.reputation)
+        self.reputation = Reputation(state.reputation, state.voters)
         self.path = path
         self.source = state.source
         self.load_errors: list[str] = []
@@ -120,19 +167,9 @@ class Classifier:
     def features(self, raw: bytes, *, auth: Mapping[str, str] | None = None,
                  sender: str | None = None, client_ip: str | None = None,
                  names: bool = False) -> feat.Features:
-        if client_ip is None:
-            client_ip = feat.received_client_ip(raw) or None
-        f = feat.extract(raw, bits=self.model.bits, auth=auth, sender=sender,
-                         client_ip=client_ip, names=names)
-        known = set(f.ids)
-        for token in self.reputation.tokens(f):
-            i = feat.token_id(token, self.model.bits)
-            if i not in known:
-                known.add(i)
-                f.ids.append(i)
-            if names:
-                f.names[i] = token
-        return f
+        return feat.extract(raw, bits=self.model.bits, auth=auth, sender=sender,
+                            client_ip=client_ip, names=names, received_ip=client_ip is None,
+                            reputation=self.reputation.tokens)
 
     def score(self, raw: bytes, *, user: str | None = None,
               auth: Mapping[str, str] | None = None, sender: str | None = None,
@@ -154,15 +191,17 @@ class Classifier:
         the score, but "heap" explains nothing the word "cheap" does not.
         """
         names = f.names
-        contrib = self.model.contributions(names, len(f.ids))
-        if umodel is not None and f.ids:
-            scale = 1.0 / math.sqrt(len(f.ids))
+        if not names or not f.ids:
+            return []
+        scale = 1.0 / math.sqrt(len(f.ids))
+        ids = list(names)
+        values = list(map(self.model.weights.__getitem__, ids))
+        if umodel is not None and umodel.weights:
+            # The user's weights are scaled like the org's: add them before scaling.
             get = umodel.weights.get
-            for i in names:
-                contrib[i] += get(i, 0.0) * scale
-        named = [(names[i], c) for i, c in contrib.items() if c]
-        named.sort(key=lambda nc: abs(nc[1]), reverse=True)
-        return [(name, round(c, 4)) for name, c in named[:k]]
+            values = list(map(operator.add, values, map(get, ids, itertools.repeat(0.0))))
+        top = heapq.nlargest(k, zip(map(abs, values), values, ids, strict=True))
+        return [(names[i], round(v * scale, 4)) for a, v, i in top if a]
 
     # -- learning -------------------------------------------------------------
     def learn(self, raw: bytes, is_spam: bool, *, user: str | None = None,
@@ -171,21 +210,39 @@ class Classifier:
         f = self.features(raw, auth=auth, sender=sender, client_ip=client_ip)
         self.learn_features(f, is_spam, user=user)
 
-    def learn_features(self, f: feat.Features, is_spam: bool, *, user: str | None = None) -> None:
-        """Learn from features already extracted (the TREC runner scores then learns)."""
-        org_margin = self.model.margin(f.ids)
+    def learn_features(self, f: feat.Features, is_spam: bool, *, user: str | None = None,
+                       margin: float | None = None) -> None:
+        """Learn from features already extracted (the TREC runner scores then learns).
+
+        `margin`: the org model's margin of `f`, when the caller has just computed it.
+        """
+        org_margin = self.model.margin(f.ids) if margin is None else margin
+        # Reputation counts what the whole organization did, users included, with
+        # each user's share bounded (Reputation.count).
+        self.reputation.update(f, is_spam, user or None)
         if user:
             umodel = self.users.setdefault(user, UserModel())
             umodel.learn(f.ids, is_spam, org_margin)
             if not is_spam:
                 return
         self.model.learn(f.ids, is_spam, org_margin)
-        if not user:
-            self.reputation.update(f, is_spam)
+
+    def learn_reply(self, user: str, address: str) -> None:
+        """`user` wrote to `address` (a reply or new mail): one bounded ham vote for
+        that correspondent's address and domain reputation, nothing else.
+
+        Meant for the submission path: an account that writes to someone vouches for
+        them, the strongest "I want this mail" signal there is.
+        """
+        f = feat.Features(ids=[])
+        feat.set_sender(f, address)
+        if f.sender and user:
+            self.reputation.update(f, False, user)
 
     # -- persistence ----------------------------------------------------------
     def state(self) -> ModelState:
-        return ModelState(self.model, self.users, self.reputation.counts, self.source)
+        return ModelState(self.model, self.users, self.reputation.counts, self.source,
+                          self.reputation.voters)
 
     def save(self, path: Path | None = None) -> None:
         """Write the model crash-safely to `path` (default: where it was opened)."""

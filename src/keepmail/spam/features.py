@@ -34,14 +34,16 @@ import codecs
 import email
 import email.header
 import email.message
+import email.parser
 import functools
 import math
 import operator
 import re
+import string
 import sys
 import zlib
 from array import array
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from email import policy as _policy
 
@@ -80,7 +82,10 @@ _HTML_ANY_TAG = re.compile(r"<[^>]{0,2000}>")
 _ENTITY = re.compile(r"&(#?[a-zA-Z0-9]{1,8});")
 _URL = re.compile(r"(?i)\b(?:https?|ftp)://([^/\s\"'<>:?#]{1,255})")
 _HREF_HOST = re.compile(r"(?i)(?:href|src)\s*=\s*[\"']?\s*(?:https?:)?//([^/\s\"'<>:?#]{1,255})")
-_EMAIL = re.compile(r"[\w.+-]{1,64}@([a-zA-Z0-9-]{1,63}(?:\.[a-zA-Z0-9-]{1,63})+)")
+# One local-part character before the "@" is all a match needs (a longer local part
+# only moved the match start): anchoring on it avoids trying 64 characters at every
+# position of the text.
+_EMAIL = re.compile(r"[\w.+-]@([a-zA-Z0-9-]{1,63}(?:\.[a-zA-Z0-9-]{1,63})+)")
 _HOST = re.compile(r"\b([a-zA-Z0-9-]{1,63}(?:\.[a-zA-Z0-9-]{1,63})+)\b")
 _IPV4 = re.compile(r"\b(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\b")
 _WITH = re.compile(r"(?i)\bwith\s+([a-z0-9/_-]{2,20})")
@@ -109,12 +114,10 @@ class _Sink:
         self.tokens: set[str] = set()
         self.grams: set[int] = set()
         self.words: list[str] = []   # body words in order, for OSB
-
-    def add(self, token: str) -> None:
-        self.tokens.add(token)
+        self.add: Callable[[str], None] = self.tokens.add   # no Python frame per token
 
     def extend(self, prefix: str, words: Iterable[str]) -> None:
-        self.tokens.update(prefix + w for w in words)
+        self.tokens.update(map(prefix.__add__, words))
 
 
 @functools.cache
@@ -126,7 +129,21 @@ def table_prime(bits: int) -> int:
     return n
 
 
-_utf8 = functools.partial(str.encode, encoding="utf-8", errors="surrogatepass")
+def _utf8(text: str) -> bytes:
+    # Header values parsed from bytes carry undecodable bytes as lone surrogates.
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _crcs(strings: Iterable[str]) -> list[int]:
+    """CRC-32 of each string's UTF-8 (surrogates passed through), in C where possible.
+
+    ``map(str.encode, ...)`` is ~20x cheaper per call than a bound partial with
+    keyword arguments; only a list holding a lone surrogate takes the slow path.
+    """
+    try:
+        return list(map(zlib.crc32, map(str.encode, strings)))
+    except UnicodeEncodeError:
+        return list(map(zlib.crc32, map(_utf8, strings)))
 
 
 def token_id(token: str, bits: int = DEFAULT_BITS) -> int:
@@ -189,11 +206,13 @@ def html_to_text(html: str, sink: _Sink | None = None) -> str:
     """Visible text of an HTML body; tag and attribute names go to `sink` as tokens."""
     html = _HTML_DROP.sub(" ", html)
     if sink is not None:
-        for m in _TAG.finditer(html):
-            tag = m.group(2).lower()
-            sink.add("tag:" + tag)
-            for attr in _ATTR.findall(m.group(3)):
-                sink.add(f"attr:{tag}.{attr.lower()}")
+        add = sink.add
+        for _, tag, rest in _TAG.findall(html):
+            tag = tag.lower()
+            add("tag:" + tag)
+            if "=" in rest:     # no attribute without one: skip the second regex
+                for attr in _ATTR.findall(rest):
+                    add(f"attr:{tag}.{attr.lower()}")
     text = _HTML_ANY_TAG.sub(" ", html)
     return _ENTITY.sub(_entity, text)
 
@@ -216,6 +235,7 @@ def _bucket(n: int) -> int:
     return min(n.bit_length(), 10)
 
 
+@functools.lru_cache(maxsize=16384)   # ~27 calls a message, mostly the same relays
 def _reg_domain(host: str) -> str:
     """Last two labels (three under a two-letter ccTLD with a short 2nd label)."""
     labels = host.lower().strip(".").split(".")
@@ -224,16 +244,20 @@ def _reg_domain(host: str) -> str:
     return ".".join(labels[-2:])
 
 
+_SHAPE_ASCII = str.maketrans({**dict.fromkeys("0123456789", "d"),
+                              **dict.fromkeys(string.ascii_letters, "a")})
+_RUN = re.compile(r"(.)\1*", re.S)
+
+
 def _shape(s: str) -> str:
-    """Character classes of a short string: 'abc123' -> 'a3d3'."""
-    out: list[str] = []
-    for ch in s[:32]:
-        c = "d" if ch.isdigit() else "a" if ch.isalpha() else ch
-        if out and out[-1][0] == c:
-            out[-1] = c + str(min(int(out[-1][1:] or 1) + 1, 9))
-        else:
-            out.append(c)
-    return "".join(out)
+    """Character classes of a short string: 'abc123' -> 'a3d3' (runs capped at 9)."""
+    s = s[:32]
+    if s.isascii():
+        classes = s.translate(_SHAPE_ASCII)
+    else:
+        classes = "".join("d" if ch.isdigit() else "a" if ch.isalpha() else ch for ch in s)
+    return "".join(m[1] if len(m[0]) == 1 else m[1] + str(min(len(m[0]), 9))
+                   for m in _RUN.finditer(classes))
 
 
 def split_address(value: str) -> tuple[str, str, str]:
@@ -271,11 +295,17 @@ def _words(text: str, limit: int = TEXT_MAX) -> list[str]:
     return _WORD.findall(text[:limit].lower())
 
 
-def _header_features(msg: email.message.Message, sink: _Sink) -> dict[str, str]:
-    """Tokens from the header section; returns a few values the caller reuses."""
+def _header_features(msg: email.message.Message, sink: _Sink,
+                     received: list[str]) -> dict[str, str]:
+    """Tokens from the header section; returns a few values the caller reuses.
+
+    The Received values (first 200 fields) are appended to `received`.
+    """
     seen: dict[str, str] = {}
     names: list[str] = []
-    for key, value in msg.items()[:200]:
+    items = msg.items()[:200]
+    received.extend(v for k, v in items if k.lower() == "received")
+    for key, value in items:
         name = key.strip().lower()
         if name.startswith(_IGNORED_FIELD_PREFIXES):
             continue
@@ -288,7 +318,7 @@ def _header_features(msg: email.message.Message, sink: _Sink) -> dict[str, str]:
     sink.add(f"nhdr:{_bucket(len(names))}")
     _subject(decode_header_value(seen.get("subject", "")), sink)
     _from(seen, sink)
-    _received([v for k, v in msg.items()[:200] if k.lower() == "received"], sink)
+    _received(received, sink)
     for name in ("x-mailer", "user-agent"):
         if name in seen:
             agent = decode_header_value(seen[name]).lower()
@@ -372,8 +402,8 @@ def _misc_headers(seen: Mapping[str, str], sink: _Sink) -> None:
 
 # -- body features ------------------------------------------------------------
 
-def _walk(msg: email.message.Message) -> Iterator[tuple[email.message.Message, str]]:
-    """Leaf parts with their MIME path, depth- and count-limited, without recursion."""
+def _walk(msg: email.message.Message) -> Iterator[tuple[email.message.Message, str, str]]:
+    """Leaf parts with their MIME path and type, depth- and count-limited, no recursion."""
     stack: list[tuple[email.message.Message, str, int]] = [(msg, "", 0)]
     count = 0
     while stack and count < MAX_PARTS:
@@ -384,23 +414,25 @@ def _walk(msg: email.message.Message) -> Iterator[tuple[email.message.Message, s
         payload = part.get_payload()
         if isinstance(payload, list):
             if depth >= MAX_DEPTH:
-                yield part, here + ">too-deep"
+                yield part, here + ">too-deep", ctype
                 continue
             stack.extend((sub, here, depth + 1) for sub in reversed(payload)
                          if isinstance(sub, email.message.Message))
         else:
-            yield part, here
+            yield part, here, ctype
 
 
-def _part_features(part: email.message.Message, path: str, sink: _Sink,
+def _part_features(part: email.message.Message, path: str, ctype: str, sink: _Sink,
                    texts: list[str]) -> None:
-    ctype = part.get_content_type()
     sink.add("mime:" + path[-80:])
     sink.add("ctype:" + ctype)
-    cs = part.get_param("charset")
+    params: dict[str, object] = {}
+    for key, value in part.get_params() or ():   # parse Content-Type once, not per get_param
+        params.setdefault(key.lower(), value)
+    cs = params.get("charset")
     if isinstance(cs, str):
         sink.add("cs:" + cs.lower()[:30])
-    filename = part.get_param("name") or part.get_param("filename", header="content-disposition")
+    filename = params.get("name") or part.get_param("filename", header="content-disposition")
     if isinstance(filename, str) and filename:
         sink.add("attach:" + filename.rsplit(".", 1)[-1].lower()[:10])
     if not ctype.startswith("text/") and ctype != "message/rfc822":
@@ -431,28 +463,45 @@ def _text_features(text: str, sink: _Sink) -> None:
     for host in hosts:
         _url_host(host, sink)
     sink.add(f"nurl:{_bucket(len(hosts))}")
-    for domain in _EMAIL.findall(text):
-        sink.add("edom:" + _reg_domain(domain))
+    if "@" in text:   # the pattern tries every position: skip texts that cannot match
+        for domain in _EMAIL.findall(text):
+            sink.add("edom:" + _reg_domain(domain))
     words = _WORD.findall(text.lower())
     sink.extend("w:", words)
     sink.words.extend(words[:OSB_WORDS])
     sink.add(f"nwords:{_bucket(len(words))}")
-    sample = text[:4000]
-    letters = sum(map(str.isalpha, sample))
+    letters, upper = _letter_counts(text[:4000])
     if letters:
-        caps = sum(map(str.isupper, sample)) / letters
-        sink.add(f"caps:{int(caps * 5)}")
+        sink.add(f"caps:{int(upper / letters * 5)}")
     sink.grams.update(_grams(text))
 
 
-def _grams(text: str) -> list[int]:
+_ASCII_NOT_LETTER = bytes(c for c in range(256) if not chr(c).isalpha() or c > 127)
+_ASCII_NOT_UPPER = bytes(c for c in range(256) if not chr(c).isupper() or c > 127)
+
+
+def _letter_counts(sample: str) -> tuple[int, int]:
+    """(letters, upper-case letters) in `sample`, as str.isalpha/isupper count them.
+
+    ASCII text (most mail) is counted with bytes.translate, in C; other text
+    one character at a time.
+    """
+    if sample.isascii():
+        data = sample.encode("ascii")
+        return (len(data.translate(None, _ASCII_NOT_LETTER)),
+                len(data.translate(None, _ASCII_NOT_UPPER)))
+    letters = sum(map(str.isalpha, sample))
+    return letters, (sum(map(str.isupper, sample)) if letters else 0)
+
+
+def _grams(text: str) -> set[int]:
     """Every 4-byte window of the first GRAM_BYTES of (whitespace-folded) text as an int.
 
     Reading the bytes at the four alignments as little-endian uint32 arrays covers
     each window once, in C, instead of slicing 3000 tiny bytes objects in Python.
     """
     blob = " ".join(text[:GRAM_BYTES].lower().split()).encode("utf-8", "replace")[:GRAM_BYTES]
-    out: list[int] = []
+    out: set[int] = set()
     for offset in range(4):
         chunk = blob[offset:]
         chunk = chunk[: len(chunk) - len(chunk) % 4]
@@ -460,7 +509,7 @@ def _grams(text: str) -> list[int]:
             words = array("I", chunk)
             if sys.byteorder == "big":
                 words.byteswap()
-            out.extend(words)
+            out.update(words)
     return out
 
 
@@ -473,7 +522,7 @@ def _osb(words: list[str], bits: int) -> set[int]:
     pairs for a typical message).
     """
     prime = table_prime(bits)
-    crcs = list(map(zlib.crc32, map(_utf8, words)))
+    crcs = _crcs(words)
     left = list(map(0x01000193.__mul__, crcs))
     out: set[int] = set()
     for d in range(1, OSB_WINDOW + 1):
@@ -487,9 +536,39 @@ def _osb(words: list[str], bits: int) -> set[int]:
 def parse(raw: bytes) -> email.message.Message | None:
     """The message parsed leniently from its first MAX_PARSE bytes, or None."""
     try:
-        return email.message_from_bytes(_cut_nesting(raw[:MAX_PARSE]), policy=_policy.compat32)
+        data = _cut_nesting(raw[:MAX_PARSE])
+        return _parse_single_part(data) or email.message_from_bytes(
+            data, policy=_policy.compat32)
     except Exception:
         return None
+
+
+# The first empty line: two line breaks in a row, each as the stdlib parser splits
+# lines (CRLF, CR or LF; atomic groups so that one CRLF never counts as two).
+_BLANK_LINE = re.compile(rb"(?>\r\n|\r|\n)(?>\r\n|\r|\n)")
+_HEADER_PARSER = email.parser.BytesParser(policy=_policy.compat32)
+
+
+def _parse_single_part(data: bytes) -> email.message.Message | None:
+    """What ``message_from_bytes`` gives for a single-part message, or None otherwise.
+
+    The stdlib parser splits the whole message into lines and feeds them one by
+    one through Python code, even a body it then stores as one string.  Here
+    only the header block goes through the parser; the body is attached as the
+    parser would attach it (the rest of the input, ASCII with surrogate escapes).
+    None - parse the whole message - when the header block does not end in an
+    empty line, holds a line that is not a header field (the stdlib parser would
+    start the body there), or announces a multipart or message/* body.
+    """
+    m = _BLANK_LINE.search(data)
+    if m is None:
+        return None
+    head_end = m.end()
+    msg = _HEADER_PARSER.parsebytes(data[:head_end], headersonly=True)
+    if msg.get_payload() or msg.get_content_maintype() in ("multipart", "message"):
+        return None
+    msg.set_payload(data[head_end:].decode("ascii", "surrogateescape"))
+    return msg
 
 
 def _cut_nesting(raw: bytes) -> bytes:
@@ -506,21 +585,32 @@ def _cut_nesting(raw: bytes) -> bytes:
 
 def extract(raw: bytes, *, bits: int = DEFAULT_BITS, auth: Mapping[str, str] | None = None,
             sender: str | None = None, client_ip: str | None = None,
-            extra: Iterable[str] = (), names: bool = False) -> Features:
-    """Hashed features of `raw`; `extra` adds caller tokens (e.g. reputation)."""
+            extra: Iterable[str] = (), names: bool = False, received_ip: bool = False,
+            reputation: Callable[[Features], Iterable[str]] | None = None) -> Features:
+    """Hashed features of `raw`; `extra` adds caller tokens.
+
+    `received_ip`: when no `client_ip` is given, take it from the Received chain
+    (``received_client_ip``, from the already parsed header).  `reputation`: called
+    with the sender identity filled in, returns more tokens (the classifier's
+    reputation tokens), hashed with the rest.
+    """
     sink = _Sink(bits)
     texts: list[str] = []
     seen: dict[str, str] = {}
+    received: list[str] = []
     msg = parse(raw)
     if msg is None:
         sink.add("mime:unparsable")
         texts.append(raw[:TEXT_MAX].decode("latin-1"))
     else:
         try:
-            seen = _header_features(msg, sink)
+            seen = _header_features(msg, sink, received)
         except Exception:
             sink.add("hdr:broken")
+            received = []
         _body(msg, raw, sink, texts)
+    if received_ip and not client_ip:
+        client_ip = (_client_ip(received) if received else received_client_ip(raw)) or None
     for text in texts:
         try:
             _text_features(text, sink)
@@ -529,8 +619,11 @@ def extract(raw: bytes, *, bits: int = DEFAULT_BITS, auth: Mapping[str, str] | N
     for key, value in (auth or {}).items():
         sink.add(f"auth:{key.lower()}={str(value).lower()}")
     sink.tokens.update(extra)
-    feats = _finish(sink, bits, names)
+    feats = Features(ids=[])
     _identity(feats, seen, sender, client_ip)
+    if reputation is not None:
+        sink.tokens.update(reputation(feats))
+    _finish(sink, bits, names, feats)
     return feats
 
 
@@ -544,28 +637,28 @@ def _body(msg: email.message.Message, raw: bytes, sink: _Sink, texts: list[str])
     if len(raw) > MAX_PARSE:
         sink.add("size:huge")
     sink.add(f"size:{_bucket(len(raw) >> 10)}")
-    for part, path in parts:
+    for part, path, ctype in parts:
         try:
-            _part_features(part, path, sink, texts)
+            _part_features(part, path, ctype, sink, texts)
         except Exception:
             sink.add("part:broken")
-    if any(p.get_content_type() == "text/html" for p, _ in parts) and not any(
-            p.get_content_type() == "text/plain" for p, _ in parts):
+    ctypes = {ctype for _, _, ctype in parts}
+    if "text/html" in ctypes and "text/plain" not in ctypes:
         sink.add("body:html-only")
 
 
-def _finish(sink: _Sink, bits: int, want_names: bool) -> Features:
+def _finish(sink: _Sink, bits: int, want_names: bool, feats: Features) -> None:
     prime = table_prime(bits)
     tokens = list(sink.tokens)
-    ids = list(map(prime.__rmod__, map(zlib.crc32, map(_utf8, tokens))))
+    ids = list(map(prime.__rmod__, _crcs(tokens)))
     idset = set(ids)
     # A 4-gram's id is its 32-bit value modulo the prime (map keeps it in C).
     idset.update(map(prime.__rmod__, sink.grams))
     idset.update(_osb(sink.words, bits))
     # Names of string tokens only: 4-grams and word pairs are not shown as reasons
     # (see Classifier._reasons), and naming 3,000 of them would double scoring time.
-    names = dict(zip(ids, tokens, strict=True)) if want_names else {}
-    return Features(ids=list(idset), names=names)
+    feats.names = dict(zip(ids, tokens, strict=True)) if want_names else {}
+    feats.ids = list(idset)
 
 
 def _identity(feats: Features, seen: Mapping[str, str], sender: str | None,
@@ -579,10 +672,15 @@ def _identity(feats: Features, seen: Mapping[str, str], sender: str | None,
                 if domain:
                     addr = f"{local}@{domain}"
                     break
-    addr = (addr or "").strip("<> ").lower()
+    set_sender(feats, addr or "")
+    feats.client_net = net24(client_ip) if client_ip else ""
+
+
+def set_sender(feats: Features, addr: str) -> None:
+    """Set the sender address (lower case, no brackets) and its registered domain."""
+    addr = addr.strip("<> ").lower()
     feats.sender = addr
     feats.sender_domain = _reg_domain(addr.rsplit("@", 1)[1]) if "@" in addr else ""
-    feats.client_net = net24(client_ip) if client_ip else ""
 
 
 def received_client_ip(raw: bytes) -> str:
@@ -591,8 +689,16 @@ def received_client_ip(raw: bytes) -> str:
     end = min((i for i in (head.find(b"\n\n"), head.find(b"\r\n\r\n")) if i >= 0),
               default=len(head))
     msg_head = head[:end].decode("latin-1")
-    for m in re.finditer(r"(?im)^received:(.*(?:\r?\n[ \t].*)*)", msg_head):
-        for ip in _IPV4.findall(m.group(1)):
+    return _client_ip(m.group(1) for m in _RECEIVED_FIELD.finditer(msg_head))
+
+
+_RECEIVED_FIELD = re.compile(r"(?im)^received:(.*(?:\r?\n[ \t].*)*)")
+
+
+def _client_ip(received: Iterable[str]) -> str:
+    """The first public IPv4 address in these Received values (top down), or ""."""
+    for value in received:
+        for ip in _IPV4.findall(str(value)):
             text = ".".join(ip)
             if all(int(x) < 256 for x in ip) and not _is_private(text):
                 return text

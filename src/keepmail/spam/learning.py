@@ -88,8 +88,9 @@ class Learner(Periodic):
         blob_id, account_id = event["blob_id"], event["account_id"]
         if blob_id is not None:
             raw = await self.store.read_blob(blob_id)
-            # Account 0 is the organization (admin training): learned org-wide, which
-            # also updates the sender and network reputation.
+            # Account 0 is the organization (admin training): learned org-wide.  A user's
+            # event trains their own adjustment (and, if spam, the org model); both count
+            # towards the sender/domain/network reputation, a user's share capped.
             account = self.store.read_now(lambda c: accounts.get_account_by_id(c, account_id))
             user = account.address if account else None
             await asyncio.to_thread(self.classifier.learn, raw, bool(event["is_spam"]),
@@ -97,6 +98,16 @@ class Learner(Periodic):
             self.learned += 1
             self._dirty = True
         await self.store.write(lambda c: mailq.consume_training(c, event["id"]))
+
+    def note_reply(self, user: str, recipients: list[str]) -> None:
+        """`user` sent mail to `recipients` (call from the submission path for external
+        recipients, replies above all): each gets one bounded ham vote of reputation.
+        Cheap (a few dict updates), safe to call in the event loop; saved with the model.
+        """
+        for address in recipients:
+            self.classifier.learn_reply(user, address)
+        if recipients:
+            self._dirty = True
 
     def save(self) -> None:
         self.model_path.parent.mkdir(parents=True, exist_ok=True)

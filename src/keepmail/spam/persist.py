@@ -50,6 +50,8 @@ class ModelState:
     users: dict[str, UserModel] = field(default_factory=dict)
     reputation: dict[str, list[int]] = field(default_factory=dict)
     source: str = "empty"       # where it was loaded from: file, backup, starter, empty
+    # What each user contributed to each reputation key (bounds one user's influence).
+    voters: dict[str, dict[str, list[int]]] = field(default_factory=dict)
 
 
 def _pack(vals: array, half: bool) -> bytes:
@@ -72,7 +74,8 @@ def dump(state: ModelState, *, half: bool = False, level: int = 1) -> bytes:
     blob, info = _sparse_section(idx, vals, half)
     sections.append(blob + _pack(acc, half))
     meta: dict[str, Any] = {"features": FEATURES_VERSION, "bits": m.bits, "bias": m.bias, "learned": m.learned,
-                            "org": info, "users": {}, "reputation": state.reputation}
+                            "org": info, "users": {}, "reputation": state.reputation,
+                            "voters": state.voters}
     for name, user in state.users.items():
         keys = array("I", user.weights.keys())
         blob, info = _sparse_section(keys, array("f", user.weights.values()), False)
@@ -146,7 +149,9 @@ def _decode(body: bytes) -> ModelState:
     if pos != len(body):
         raise CorruptModel("trailing bytes in model body")
     reputation = {k: [int(v[0]), int(v[1])] for k, v in meta["reputation"].items()}
-    return ModelState(model, users, reputation)
+    voters = {k: {u: [int(c[0]), int(c[1])] for u, c in v.items()}
+              for k, v in meta.get("voters", {}).items()}    # absent in older files
+    return ModelState(model, users, reputation, voters=voters)
 
 
 def save_atomic(path: Path, data: bytes) -> None:
@@ -201,6 +206,6 @@ def load_with_recovery(path: Path | None, *, bits: int = 22,
             continue
         state.source = source
         if source == "starter":
-            state.reputation, state.users = {}, {}
+            state.reputation, state.users, state.voters = {}, {}, {}
         return state
     return ModelState(Model(bits), source="empty")

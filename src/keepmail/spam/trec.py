@@ -137,9 +137,10 @@ def run_online(clf: Classifier, items: Sequence[Item], *, name: str = "keepmail"
     for n, item in enumerate(items):
         raw = item.path.read_bytes()
         f = clf.features(raw)
-        scores.append(clf.model.margin(f.ids))
+        margin = clf.model.margin(f.ids)
+        scores.append(margin)
         labels.append(item.is_spam)
-        clf.learn_features(f, item.is_spam)
+        clf.learn_features(f, item.is_spam, margin=margin)
         if progress is not None and n % 500 == 0:
             progress(n, len(items))
     return Result(name, scores, labels, time.perf_counter() - start)
