@@ -34,6 +34,7 @@ import math
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -155,24 +156,47 @@ class ParentLink:
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
         self.loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        # Facts of one loop turn, sent together in one write: a busy worker would
+        # otherwise write (and wake the main process) twice for every message.
+        self._mailboxes: set[int] = set()
+        self._others: dict[str, Any] = {}  # JSON line -> None, ordered, without repeats
+        self._flush_scheduled = False
 
-    def _send(self, fact: dict[str, Any]) -> None:
-        line = json.dumps(fact).encode() + b"\n"
-        self.loop.call_soon_threadsafe(self._write, line)
+    def _add(self, mailbox_ids: tuple[int, ...] = (), line: str = "") -> None:
+        """On the loop thread: queue facts for the end of this loop turn."""
+        self._mailboxes.update(mailbox_ids)
+        if line:
+            self._others[line] = None
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
 
-    def _write(self, line: bytes) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(line)
+    def _queue(self, mailbox_ids: tuple[int, ...] = (), line: str = "") -> None:
+        if threading.get_ident() == self._loop_thread:
+            self._add(mailbox_ids, line)
+        else:
+            self.loop.call_soon_threadsafe(self._add, mailbox_ids, line)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        lines = list(self._others)
+        if self._mailboxes:
+            lines.insert(0, json.dumps({"mailboxes": sorted(self._mailboxes)}))
+        self._mailboxes.clear()
+        self._others.clear()
+        if lines and not self.writer.is_closing():
+            self.writer.write("".join(f"{line}\n" for line in lines).encode())
 
     def publish(self, *mailbox_ids: int) -> None:
         if mailbox_ids:
-            self._send({"mailboxes": list(mailbox_ids)})
+            self._queue(mailbox_ids)
 
     def inbox(self, account_id: int, sender: str) -> None:
-        self._send({"inbox": [account_id, sender]})
+        self._queue(line=json.dumps({"inbox": [account_id, sender]}))
 
     def notify_threadsafe(self, msg_id: int) -> None:
-        self._send({"queued": msg_id})
+        self._queue(line=json.dumps({"queued": msg_id}))
 
 
 class ReloadingClassifier:
@@ -232,9 +256,15 @@ async def serve_worker(app: App, parent_fd: int) -> None:
         loop.add_signal_handler(sig, stop.set)
 
     async def parent_gone() -> None:
-        while await reader.read(4096):
+        try:
+            while await reader.read(4096):
+                pass
+        except OSError:
+            # A main process killed with our facts unread resets the socket pair
+            # (ECONNRESET): gone all the same. Left uncaught, the worker ran on alone.
             pass
-        stop.set()
+        finally:
+            stop.set()
 
     watcher = loop.create_task(parent_gone())
     await app.start()

@@ -8,6 +8,7 @@ the modules so the tests do not depend on the CLI wiring.
 from __future__ import annotations
 
 import asyncio
+import json
 import smtplib
 import ssl
 from collections.abc import Awaitable, Callable
@@ -157,7 +158,9 @@ class Org:
         sql = "SELECT trace_id, kind, data FROM events"
         rows = self.recorder._conn.execute(sql + (" WHERE kind = ?" if kind else "") +
                                            " ORDER BY id", (kind,) if kind else ()).fetchall()
-        return [tuple(r) for r in rows]
+        # Data re-encoded in json.dumps' layout, whichever encoder the recorder uses,
+        # so tests can look for '"key": "value"'.
+        return [(r[0], r[1], json.dumps(json.loads(r[2]))) for r in rows]
 
 
 def make_org(tmp_path: Path, name: str, host: str, domain: str, nameserver: str,

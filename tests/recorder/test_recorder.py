@@ -47,3 +47,60 @@ def test_retention_prunes_old_traces(tmp_path: Path) -> None:
     conn = open_readonly(tmp_path / "r.db")
     assert get_trace(conn, old) is None and get_trace(conn, new) is not None
     assert search(conn, TraceFilter(text="ancient")) == []
+
+
+def test_flush_from_other_threads_while_the_flush_thread_writes(tmp_path: Path,
+                                                                monkeypatch: object) -> None:
+    """flush() and prune() from other threads share the connection with the flush
+    thread: serialized, nothing lost, and the flush thread keeps running."""
+    import threading
+
+    import keepmail.recorder.recorder as recmod
+
+    monkeypatch.setattr(recmod, "FLUSH_INTERVAL", 0.0005)  # type: ignore[attr-defined]
+    rec = Recorder(tmp_path / "r.db")
+    traces = [rec.new_trace("message", subject=f"m{i}") for i in range(20)]
+    stop = threading.Event()
+
+    def record() -> None:
+        n = 0
+        while not stop.is_set() and n < 20_000:
+            rec.event(traces[n % 20], "smtp", cmd="NOOP", reply="250 2.0.0 OK", n=n)
+            n += 1
+        counts.append(n)
+
+    counts: list[int] = []
+    writer = threading.Thread(target=record)
+    writer.start()
+    for _ in range(200):
+        rec.flush()
+        rec.prune()
+    stop.set()
+    writer.join()
+    assert rec._thread.is_alive()
+    rec.close()
+    conn = open_readonly(tmp_path / "r.db")
+    assert conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] == counts[0]
+    assert conn.execute("SELECT COUNT(*) FROM traces").fetchone()[0] == 20
+
+
+def test_trace_written_before_it_ends_is_completed_later(tmp_path: Path,
+                                                         monkeypatch: object) -> None:
+    """A long trace's summary is written after HOLD_SECONDS and updated when it ends;
+    a new trace is inserted without being looked up first."""
+    import keepmail.recorder.recorder as recmod
+
+    rec = Recorder(tmp_path / "r.db")
+    monkeypatch.setattr(recmod, "HOLD_SECONDS", 0.0)  # type: ignore[attr-defined]
+    session = rec.new_trace("session", ip="192.0.2.9", rcpts="a@example.test")
+    rec.flush(everything=False)  # due at once: written while still open
+    conn = open_readonly(tmp_path / "r.db")
+    early = get_trace(conn, session)
+    assert early is not None and early["ended"] is None and early["rcpts"] == "a@example.test"
+    rec.update(session, rcpts="b@example.test", status="done", ended=time.time())
+    rec.flush()
+    done = get_trace(conn, session)
+    assert done is not None and done["ended"] is not None and done["status"] == "done"
+    assert done["rcpts"] == "a@example.test b@example.test" and done["ip"] == "192.0.2.9"
+    assert [r["id"] for r in search(conn, TraceFilter(text="done"))] == [session]
+    rec.close()

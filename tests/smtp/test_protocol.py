@@ -168,3 +168,32 @@ def test_too_many_errors_disconnects(server: InProcessServer) -> None:
     codes = [c.cmd(b"BOGUS")[0] for _ in range(19)]
     assert set(codes) == {500}
     assert c.cmd(b"BOGUS")[0] == 421
+
+
+def test_pipelined_errors_mid_batch_answered_in_order_and_recorded(
+        server: InProcessServer) -> None:
+    """Replies to one pipelined batch leave in one write: errors in the middle keep
+    their place, and the flight recorder pairs every command with its own reply."""
+    from keepmail.recorder.query import open_readonly, timeline
+
+    c = raw(server)
+    c.cmd(b"EHLO client.test")
+    c.send(b"MAIL FROM:<a@remote.test>\r\nRCPT TO:<nobody@example.test>\r\n"
+           b"BOGUS\r\nRCPT TO:<bob@example.test>\r\nRCPT TO:<bad address>\r\nDATA\r\n")
+    assert [c.reply()[0] for _ in range(6)] == [250, 550, 500, 250, 501, 354]
+    code, text = c.cmd(b"Subject: mid\r\n\r\nhi\r\n.")
+    assert code == 250
+    trace_id = text.split()[-1].decode()
+    # After the message: a batch ending in QUIT, with an error before it.
+    c.send(b"NOOP\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<x@elsewhere.test>\r\nRSET\r\n"
+           b"QUIT\r\n")
+    assert [c.reply()[0] for _ in range(5)] == [250, 250, 554, 250, 221]
+    assert len(mailbox_messages(server.store, "bob@example.test")) == 1
+    server.app.recorder.flush()
+    steps = [(e["data"]["cmd"], e["data"]["reply"][:3]) for e in
+             timeline(open_readonly(server.config.data_dir / "recorder.db"), trace_id)
+             if e["kind"] == "smtp"][:8]
+    assert steps == [("EHLO client.test", "250"), ("MAIL FROM:<a@remote.test>", "250"),
+                     ("RCPT TO:<nobody@example.test>", "550"), ("BOGUS", "500"),
+                     ("RCPT TO:<bob@example.test>", "250"), ("RCPT TO:<bad address>", "501"),
+                     ("DATA", "354"), ("(message data)", "250")]

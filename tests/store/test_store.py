@@ -209,3 +209,35 @@ def test_every_foreign_key_has_an_index(tmp_path: Path) -> None:
     conn.close()
     store.close()
     assert not unindexed, unindexed
+
+
+def test_loop_writes_are_checkpointed_off_the_loop_and_the_wal_stays_bounded(
+        tmp_path: Path) -> None:
+    """The loop path never checkpoints itself; the checkpoint thread copies the WAL
+    under the write lock, so the WAL file is started over instead of growing."""
+    from keepmail.store import db as dbmod
+
+    store = Store.open(tmp_path)
+    wal = tmp_path / "keepmail.db-wal"
+    payload = b"x" * 3000  # about one WAL frame per row
+
+    async def many() -> None:
+        for start in range(0, 6000, 100):
+            await asyncio.gather(*[store.write(lambda c, i=i: c.execute(
+                "INSERT INTO counters(name, value) VALUES (?, ?)",
+                (f"c{i}", payload))) for i in range(start, start + 100)])
+
+    asyncio.run(many())
+    db = store.db
+    assert db._loop_conn is not None
+    assert db._loop_conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    db._checkpointer.submit(lambda: None).result()  # the last checkpoint has finished
+    # 6000 frames written; without checkpoints the WAL would hold all of them.
+    assert wal.stat().st_size < 3 * dbmod.CHECKPOINT_FRAMES * 4096
+    assert db._wal.frames_to_checkpoint() < 2 * dbmod.CHECKPOINT_FRAMES
+    assert store.read_now(lambda c: c.execute(
+        "SELECT COUNT(*) FROM counters WHERE name LIKE 'c%'").fetchone()[0]) == 6000
+    store.close()
+    conn = connect(tmp_path / "keepmail.db")
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -44,6 +45,9 @@ class CheckContext:
     auth: dict[str, str] = field(default_factory=dict)   # spf/dkim/dmarc/arc results
     auth_results: str = ""                               # our Authentication-Results value
 
+
+# on_inbox is told a given (account, sender) again only after this long.
+TELL_INBOX_SECONDS = 60.0
 
 # A check adds rules to ctx.verdict (and may add header fields to prepend).
 Check = Callable[[CheckContext], Awaitable[None]]
@@ -85,6 +89,8 @@ class MxHandler(Handler):
         # Told (account id, sender) for mail landing in an Inbox: its sender becomes
         # a known correspondent (the abuse guard's signal for normal replies).
         self.on_inbox: Callable[[int, str], None] | None = None
+        self._told: dict[tuple[int, str], float] = {}
+        self._verdict_fields: dict[str, bytes] = {}
         self.arc_sealer: ArcSealer | None = None
         self._connections = RateLimiter(self.policy.connections_per_minute)
         self._messages = RateLimiter(self.policy.messages_per_minute)
@@ -143,7 +149,7 @@ class MxHandler(Handler):
         return None
 
     async def _greylist(self, session: Session, envelope: Envelope, rcpt: Path) -> Rule | None:
-        if self.greylister is None:
+        if self.greylister is None or not self.greylister.policy.enabled:
             return None
         score = sum(rule.points for rule in envelope.notes.get("rules", []))
         return await self.greylister.check(session.peer_ip, envelope.sender.address,
@@ -182,12 +188,18 @@ class MxHandler(Handler):
             self._mailboxes.clear()
             session.record("store-failed", error=repr(exc))
             return r(451, "4.3.0", "Temporary local problem storing the message; try again")
-        if verdict.action is Action.INBOX and verdict.score < 1 and self.greylister:
-            await self.greylister.passed(session.peer_ip)
+        greylister = self.greylister
+        if (verdict.action is Action.INBOX and verdict.score < 1 and greylister is not None
+                and greylister.policy.enabled):
+            # Remembering clean networks serves greylisting only: with it off this
+            # would be a second write (and fsync wait) for every clean message.
+            await greylister.passed(session.peer_ip)
         return reply
 
     @staticmethod
     def _refusal(verdict: Verdict) -> Reply | None:
+        if verdict.action < Action.TEMPFAIL:
+            return None
         reasons = "; ".join(rule.reason for rule in verdict.rules if rule.points > 0 or
                             rule.force)[:300]
         if verdict.action is Action.REJECT:
@@ -200,7 +212,7 @@ class MxHandler(Handler):
         s, env = ctx.session, ctx.envelope
         single = env.rcpts[0].address if len(env.rcpts) == 1 else None
         fields = [s.received_header(single), *ctx.headers,
-                  mailmsg.format_field("X-Keepmail-Verdict", verdict.header_value())]
+                  self._verdict_field(verdict.header_value())]
         raw = mailmsg.prepend(ctx.message, *fields)
         if remote and self.arc_sealer is not None:
             # Forwarding breaks SPF downstream; an ARC set lets the next hop see what
@@ -209,8 +221,9 @@ class MxHandler(Handler):
                 env.rcpts, env.notes.get("routes", []), strict=False) if route.remote),
                 env.rcpts[0].domain)
             raw = await self.arc_sealer(raw, forwarding_domain, ctx) + raw
-        message_id = (mailmsg.header(ctx.message, "Message-ID") or "").strip()
-        subject = mailmsg.header(ctx.message, "Subject") or ""
+        head = mailmsg.header_block(ctx.message)
+        message_id = (mailmsg.header(ctx.message, "Message-ID", head) or "").strip()
+        subject = mailmsg.header(ctx.message, "Subject", head) or ""
         s.recorder.update(env.trace_id, message_id=message_id, subject=subject[:200])
         if verdict.action is Action.QUARANTINE and self.quarantiner is not None:
             qid = await self.quarantiner(CheckContext(s, env, raw, verdict, [], ctx.accounts))
@@ -232,10 +245,33 @@ class MxHandler(Handler):
         for p in placed:
             s.record("delivered", account_id=p.account_id, mailbox=p.mailbox_name, uid=p.uid)
             if role == "inbox" and self.on_inbox is not None and env.sender.address:
-                self.on_inbox(p.account_id, env.sender.address)
+                self._tell_inbox(p.account_id, env.sender.address)
         if remote:
             s.record("forward-queued", targets=remote)
         return r(250, "2.0.0", f"Queued as {env.trace_id}")
+
+    def _verdict_field(self, value: str) -> bytes:
+        # Most mail gets one of a few verdicts: fold each header field once.
+        field = self._verdict_fields.get(value)
+        if field is None:
+            if len(self._verdict_fields) >= 1000:
+                self._verdict_fields.clear()
+            field = self._verdict_fields[value] = mailmsg.format_field(
+                "X-Keepmail-Verdict", value)
+        return field
+
+    def _tell_inbox(self, account_id: int, sender: str) -> None:
+        """on_inbox, once a minute at most for one pair: telling it again changes
+        nothing, and from an MX worker each telling is a message to the main process."""
+        key = (account_id, sender)
+        now = time.monotonic()
+        if self._told.get(key, 0.0) > now:
+            return
+        if len(self._told) >= 10_000:
+            self._told.clear()
+        self._told[key] = now + TELL_INBOX_SECONDS
+        assert self.on_inbox is not None
+        self.on_inbox(account_id, sender)
 
     def _mailbox(self, account_id: int, role: str) -> Copy | None:
         return self._mailboxes.get((account_id, role), lambda: self.store.read_now(

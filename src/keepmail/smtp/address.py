@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .reply import cached
+
 # A dot-atom or quoted-string local part (RFC 5321 4.1.2), UTF-8 allowed (RFC 6531).
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\x80-\U0010ffff]+"
 _LOCAL = rf'(?:{_ATOM}(?:\.{_ATOM})*|"(?:[^"\\\r\n]|\\[\x20-\x7e])*")'
@@ -31,8 +33,8 @@ class Path:
     domain: str
     source_route: bool = False
 
-    @property
-    def address(self) -> str:
+    @cached
+    def address(self) -> str:  # read several times per message: computed once
         return f"{self.local}@{self.domain}" if self.domain else ""
 
     @property
@@ -57,6 +59,11 @@ def parse_path_and_params(arg: str, keyword: str) -> tuple[Path, dict[str, str]]
 
 
 def _closing_bracket(text: str) -> int:
+    if '"' not in text:  # no quoted local part: the first ">" closes the path
+        end = text.find(">", 1)
+        if end < 0:
+            raise PathError("Unterminated <address>")
+        return end
     quoted = False
     i = 1
     while i < len(text):

@@ -92,8 +92,21 @@ class Session:
         ]
         if for_rcpt:
             lines.append(f"\tfor <{for_rcpt}>")
-        lines[-1] += f"; {formatdate(localtime=False)}"
+        lines[-1] += f"; {_date_now()}"
         return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace")
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _date_now() -> str:
+    """RFC 5322 date of this second (formatting one costs more than the rest of the field)."""
+    global _date_cache
+    now = time.time()
+    second = int(now)
+    if _date_cache[0] != second:
+        _date_cache = (second, formatdate(second, localtime=False))
+    return _date_cache[1]
 
 
 class Handler:

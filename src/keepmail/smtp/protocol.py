@@ -48,6 +48,9 @@ _DATA_PROBLEMS = {
 }
 
 
+_GO_AHEAD = r(354, "", "End data with <CR><LF>.<CR><LF>")
+
+
 class _Closed(Exception):
     """The peer went away or we decided to hang up."""
 
@@ -83,7 +86,7 @@ class SmtpConnection:
 
     # -- output ---------------------------------------------------------------
     async def send(self, rep: Reply, *, record: bool = True) -> None:
-        self._out.append(rep.render())
+        self._out.append(rep.wire)
         if record:
             self._record_reply(rep)
         # PIPELINING: hold replies while another complete command is waiting,
@@ -94,14 +97,13 @@ class SmtpConnection:
             raise _Closed()
 
     def _record_reply(self, rep: Reply) -> None:
-        text = str(rep).replace("\n", " | ")
-        if self._cmd is None:
-            self.session.record("reply", reply=text)
+        cmd = self._cmd
+        if cmd is None:
+            self.session.record("reply", reply=rep.logged)
             return
-        line, started = self._cmd
         self._cmd = None
-        self.session.record("smtp", cmd=line, reply=text,
-                            ms=round((time.monotonic() - started) * 1000, 2))
+        self.session.record("smtp", cmd=cmd[0], reply=rep.logged,
+                            ms=round((time.monotonic() - cmd[1]) * 1000, 2))
 
     def _buffered(self) -> bytes | bytearray:
         # StreamReader has no public peek; its buffer is the only way to know
@@ -109,10 +111,17 @@ class SmtpConnection:
         return self.reader._buffer  # type: ignore[attr-defined]
 
     async def flush(self) -> None:
-        if self._out:
-            self.writer.write(b"".join(self._out))
-            self._out.clear()
-            await self.writer.drain()
+        out = self._out
+        if out:
+            writer = self.writer
+            writer.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+            # A reply to a small command almost always leaves at once; drain()
+            # (a coroutine) is only needed while the kernel's buffer is full
+            # or the connection is going away.
+            transport = writer.transport
+            if transport.get_write_buffer_size() or transport.is_closing():
+                await writer.drain()
 
     # -- main loop --------------------------------------------------------------
     async def run(self) -> None:
@@ -175,7 +184,16 @@ class SmtpConnection:
         self.idle = True
         self.deadline = time.monotonic() + self.limits.command_timeout
         try:
-            return await self._read_line()
+            # One command line; an over-long one is consumed and reported as "\0toolong".
+            try:
+                data = await self.reader.readuntil(b"\n")
+            except asyncio.LimitOverrunError as exc:
+                await self.reader.readexactly(exc.consumed)
+                await self._discard_to_newline()
+                return "\0toolong"
+            if len(data) > self.limits.max_line:
+                return "\0toolong"
+            return data.rstrip(b"\r\n").decode("utf-8", "surrogateescape")
         finally:
             self.idle = False
             self.deadline = 0.0
@@ -188,18 +206,6 @@ class SmtpConnection:
             self.writer.close()
         except Exception:
             pass
-
-    async def _read_line(self) -> str:
-        """One command line; an over-long one is consumed and reported as ''."""
-        try:
-            data = await self.reader.readuntil(b"\n")
-        except asyncio.LimitOverrunError as exc:
-            await self.reader.readexactly(exc.consumed)
-            await self._discard_to_newline()
-            return "\0toolong"
-        if len(data) > self.limits.max_line:
-            return "\0toolong"
-        return data.rstrip(b"\r\n").decode("utf-8", "surrogateescape")
 
     async def _discard_to_newline(self) -> None:
         while True:
@@ -496,7 +502,7 @@ class SmtpConnection:
             await self._error(r(503 if env is None else 554, "5.5.1",
                                 "No valid recipients" if env else "Need MAIL and RCPT first"))
             return
-        await self.send(r(354, "", "End data with <CR><LF>.<CR><LF>"))
+        await self.send(_GO_AHEAD)
         self.deadline = time.monotonic() + self.limits.data_timeout
         try:
             content = await read_data(self.reader, self.limits.max_message_size)

@@ -2,7 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class cached(Generic[T]):
+    """functools.cached_property without its lock (Python 3.11 takes one per first
+    read, which costs more than most of what is cached here). Fine on the event loop;
+    a race between threads would at worst compute the value twice."""
+
+    def __init__(self, fn: Callable[[Any], T]) -> None:
+        self.fn = fn
+        self.name = fn.__name__
+        self.__doc__ = fn.__doc__
+
+    def __get__(self, obj: Any, owner: type | None = None) -> T:
+        if obj is None:
+            return self  # type: ignore[return-value]
+        value = self.fn(obj)
+        obj.__dict__[self.name] = value
+        return value
 
 
 @dataclass(frozen=True)
@@ -13,11 +35,24 @@ class Reply:
     close: bool = False  # close the connection after sending
 
     def render(self, *, enhanced: bool = True) -> bytes:
-        lines = self.text.split("\n")
         prefix = f"{self.enhanced} " if enhanced and self.enhanced else ""
+        if "\n" not in self.text:
+            return f"{self.code} {prefix}{self.text}\r\n".encode("utf-8", "replace")
+        lines = self.text.split("\n")
         out = [f"{self.code}-{prefix}{line}" for line in lines[:-1]]
         out.append(f"{self.code} {prefix}{lines[-1]}")
         return ("\r\n".join(out) + "\r\n").encode("utf-8", "replace")
+
+    # Replies are mostly module constants sent thousands of times a second: their
+    # wire form and their recorder text are computed once per Reply object.
+    @cached
+    def wire(self) -> bytes:
+        return self.render()
+
+    @cached
+    def logged(self) -> str:
+        """One line for the flight recorder."""
+        return str(self).replace("\n", " | ")
 
     @property
     def positive(self) -> bool:

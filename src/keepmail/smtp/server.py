@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ..gctuning import tune_for_serving
 from .handler import Handler, RecorderLike, Session
 from .protocol import Limits, SmtpConnection
 
@@ -49,6 +50,7 @@ class SmtpServer:
         self._watchdog: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        tune_for_serving()
         cfg = self.config
         self._server = await asyncio.start_server(
             self._accept, host=cfg.hosts, port=cfg.port, limit=STREAM_LIMIT,

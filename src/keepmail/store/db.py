@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 import queue
 import sqlite3
+import struct
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,12 +44,20 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger("keepmail.store")
+_U32 = struct.Struct("=I")
 WriteFn = Callable[[sqlite3.Connection], T]
 Outcome = tuple[bool, Any]   # (succeeded, value or exception)
 
 # A batch stops gathering at this many jobs so one huge burst does not delay
 # the first caller's acknowledgement unboundedly.
 MAX_BATCH = 256
+
+# The loop path's connection does not checkpoint (SQLite's automatic checkpoint
+# would copy pages and fsync the database on the event loop, ~40 µs a message
+# on the MX); the sync thread starts a checkpoint on a thread of its own once
+# this many WAL frames wait to be copied (SQLite's automatic default: 1000).
+CHECKPOINT_FRAMES = 1000
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -105,6 +115,7 @@ class _WalSync:
 
     def __init__(self, db_path: Path) -> None:
         self.path = Path(f"{db_path}-wal")
+        self.shm_path = Path(f"{db_path}-shm")
         self._fd: int | None = None
         self._ino = -1
         self._mutex = threading.Lock()
@@ -114,6 +125,27 @@ class _WalSync:
             fd = self._current_fd()
             if fd is not None:
                 os.fsync(fd)
+
+    def frames_to_checkpoint(self) -> int:
+        """WAL frames not yet copied into the database, from the wal-index header.
+
+        The -shm file starts with the wal-index header (sqlite.org/walformat.html
+        2.1, native byte order): mxFrame, the last valid frame, at byte 16, and
+        in the checkpoint info after the two header copies nBackfill, the frames
+        already checkpointed, at byte 96. A reading torn by a concurrent writer
+        only moves the next checkpoint a little.
+        """
+        try:
+            fd = os.open(self.shm_path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return 0
+        try:
+            head = os.pread(fd, 100, 0)
+        finally:
+            os.close(fd)
+        if len(head) < 100:
+            return 0
+        return max(0, _U32.unpack_from(head, 16)[0] - _U32.unpack_from(head, 96)[0])
 
     def _current_fd(self) -> int | None:
         try:
@@ -195,6 +227,11 @@ class Database:
         self._loop_jobs: list[tuple[WriteFn[Any], asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-sync")
+        self._checkpointer = ThreadPoolExecutor(max_workers=1,
+                                                thread_name_prefix="db-checkpoint")
+        self._checkpointing = False
+        self._checkpoint_conn: sqlite3.Connection | None = None
+        self._checkpoint_lock: _WriteLock | None = None
         self._local = threading.local()
         self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="db-reader")
 
@@ -231,6 +268,7 @@ class Database:
         self._loop = loop
         if self._loop_conn is None:
             self._loop_conn = _writer_connection(self.path)
+            self._loop_conn.execute("PRAGMA wal_autocheckpoint = 0")  # see _sync_loop_batch
             self._loop_lock = _WriteLock(self.path)
         self._loop_jobs = []
         self._flusher = None
@@ -246,7 +284,7 @@ class Database:
                 outcomes = await self._commit_on_loop(loop, [fn for fn, _ in batch])
                 if isinstance(outcomes, BaseException):
                     raise outcomes
-                sync = loop.run_in_executor(self._syncer, self._wal.sync)
+                sync = loop.run_in_executor(self._syncer, self._sync_loop_batch)
             except BaseException as exc:  # not committed, or not known to be durable
                 for _, fut in batch:
                     if not fut.done():
@@ -273,6 +311,40 @@ class Database:
         self.commits += 1
         self.writes += len(fns)
         return outcomes
+
+    def _sync_loop_batch(self) -> None:
+        """On the sync thread: make the loop's last commit durable; checkpoint when due."""
+        self._wal.sync()
+        if (not self._checkpointing and not self._closed
+                and self._wal.frames_to_checkpoint() > CHECKPOINT_FRAMES):
+            self._checkpointing = True
+            try:
+                self._checkpointer.submit(self._checkpoint)
+            except RuntimeError:  # shutting down
+                self._checkpointing = False
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database, on the checkpoint thread.
+
+        Under the write lock, as SQLite's automatic checkpoint runs right after a
+        commit: with no frame appended meanwhile the whole WAL is copied, so the
+        next writer starts the WAL file over instead of growing it. The event loop
+        goes on serving meanwhile; only the next commit waits for the lock.
+        """
+        try:
+            if self._checkpoint_conn is None or self._checkpoint_lock is None:
+                self._checkpoint_conn = connect(self.path)
+                self._checkpoint_lock = _WriteLock(self.path)
+            lock = self._checkpoint_lock
+            lock.acquire()
+            try:
+                self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            finally:
+                lock.release()
+        except (sqlite3.Error, OSError) as exc:  # busy or failing: the next one will retry
+            log.warning("checkpoint of %s failed: %s", self.path.name, exc)
+        finally:
+            self._checkpointing = False
 
     def _write_loop(self) -> None:
         while True:
@@ -342,11 +414,13 @@ class Database:
         self._jobs.put(None)
         self._thread.join()
         self._syncer.shutdown(wait=True)
+        self._checkpointer.shutdown(wait=True)
         self._readers.shutdown(wait=True)
-        for conn in (self._thread_conn, self._loop_conn, getattr(self._local, "conn", None)):
+        for conn in (self._thread_conn, self._loop_conn, self._checkpoint_conn,
+                     getattr(self._local, "conn", None)):
             if conn is not None:
                 conn.close()
-        for lock in (self._thread_lock, self._loop_lock):
+        for lock in (self._thread_lock, self._loop_lock, self._checkpoint_lock):
             if lock is not None:
                 lock.close()
         self._wal.close()
