@@ -334,7 +334,7 @@ async def workload(peer: Peer, args: argparse.Namespace, ctx: ssl.SSLContext) ->
             await c.cmd(q)
     if want("search"):
         await timed("SEARCH (4 kinds, per cmd)", 4, searches, results)
-        # again: a second client session repeating searches (warm caches, if any)
+        # again: the same searches repeated (warm caches, if any)
         await timed("SEARCH again (per cmd)", 4, searches, results)
 
     async def stores() -> None:

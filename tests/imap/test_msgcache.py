@@ -124,8 +124,8 @@ def test_entry_header_parts() -> None:
     entry = cache.put_message(7, raw, len(raw))
     assert raw[entry.body_offset:] == b"Caf\xe9 NEEDLE\r\n"
     assert entry.head.header(b"subject") == b"=?iso-8859-1?q?r=E9sum=E9?="
-    assert entry.folded(b"subject") == ["résumé"]
-    assert entry.folded(b"from") == ["andré <andre@example.test>"]
+    assert list(entry.folded(b"subject")) == ["résumé"]
+    assert list(entry.folded(b"from")) == ["andré <andre@example.test>"]
     assert entry.plain_charset() == "iso-8859-1"
     assert cache.put_message(8, CORPUS[3], len(CORPUS[3])).plain_charset() == ""
 
@@ -184,4 +184,114 @@ def test_server_search_and_fetch_with_tiny_cache(imap: ImapEnv) -> None:
         assert b'"=?iso-8859-1?q?r=E9sum=E9?="' in env[0]
         assert b"RFC822.TEXT {13}\r\nCaf\xe9 NEEDLE\r\n" in env[0]
         assert imap.servers[0].cache.bytes <= 1500
+    raw.close()
+
+
+# Headers the regex paths (well-formed check, field index, HEADER.FIELDS pattern, the raw
+# pre-check of header SEARCH) must treat exactly as the line parser does.
+ODD_HEADERS = [
+    b"From: Alice <alice@example.test>\r\nSubject: folded\r\n  over two\r\n\tlines\r\n\r\n",
+    b"Subject :spaced name\r\nFROM:UPPER@example.test\r\nX-Empty:\r\n\r\n",
+    b"From: (comment) bob(inner)@example.test\r\nTo: \"Quoted, Name\" <q@example.test>\r\n\r\n",
+    b"no colon line\r\nFrom: after@example.test\r\n continued\r\n\r\n",
+    b" leading continuation: x\r\nFrom: lead@example.test\r\n\r\n",
+    b"From: blank@example.test\r\n \r\nSubject: after a blank continuation\r\n\r\n",
+    b"Subject: lf only\nFrom: lf@example.test\n\n",
+    b"Subject: =?utf-8?q?Stra=C3=9Fe?=\r\nFrom: =?utf-8?b?0JDQu9C40YHQsA==?= <a@example.test>\r\n\r\n",
+    b"Subject: \xef\xac\x81ne \xe2\x84\xaaelvin\r\nFrom: ok@example.test\r\n\r\n",
+    b"X-Weird\x0b: vt\r\nSubject: Message 77\r\nTo: group: sender7@example.test;\r\n\r\n",
+]
+
+ODD_PROGRAMS = [
+    "SUBJECT \"over two\"", "SUBJECT \"folded over\"", "SUBJECT spaced", "FROM upper",
+    "HEADER X-Empty \"\"", "FROM bobinner", "FROM \"bob@example\"", "TO \"quoted, name\"",
+    "FROM continued", "FROM lead", "SUBJECT \"after a blank\"", "SUBJECT lf", "SUBJECT strasse",
+    "SUBJECT straße", "FROM \"алиса\"", "SUBJECT fine", "SUBJECT kelvin", "HEADER X-Weird vt",
+    "SUBJECT \"message 77\"", "TO sender7", "FROM example", "SUBJECT \"e 7\"",
+]
+
+
+def test_header_fast_paths_match_the_parser() -> None:
+    from keepmail.imap import mime
+    names = [[b"FROM"], [b"subject", b"To"], [b"X-Empty"], [b"x-weird"], [b"Nope"]]
+    for header in ODD_HEADERS:
+        entry = msgcache.Entry(header, len(header), len(header))
+        part = mime.Part(header, 0, len(header), len(header),
+                         mime._parse_headers(header, 0, len(header)))
+        for wanted in names:
+            assert entry.fields(wanted, False) == part.fields(wanted, False), (header, wanted)
+            assert entry.fields(wanted, True) == part.fields(wanted, True), (header, wanted)
+        for name in (b"from", b"to", b"subject", b"x-empty", b"x-weird", b"content-type"):
+            assert entry.values(name) == [v for k, v, _s, _e in part.headers if k == name]
+        assert entry.plain_charset() == (mime.plain_text_charset(part) or "")
+
+
+@pytest.mark.parametrize("max_bytes", [64 * 1024 * 1024, 0])
+def test_header_search_fast_paths_match_uncached(store: Store, max_bytes: int) -> None:
+    ids = _insert(store, [h + b"body text\r\n" for h in ODD_HEADERS])
+    cache = msgcache.MessageCache(max_bytes)
+    for text in ODD_PROGRAMS:
+        pred = _program(text)
+        expected = _run(store, ids, pred, None)
+        assert _run(store, ids, pred, cache) == expected, text
+        assert _run(store, ids, pred, cache) == expected, text
+
+
+def test_small_messages_are_kept_whole_within_their_own_budget() -> None:
+    cache = msgcache.MessageCache(40_000)
+    assert cache.raw_max_bytes == 20_000
+    for blob_id in range(1, 100):
+        cache.put_raw(blob_id, b"x" * 1000)
+        assert cache.raw_bytes <= cache.raw_max_bytes
+    assert cache.get_raw(99) == b"x" * 1000 and cache.get_raw(1) is None   # LRU
+    cache.put_raw(500, b"y" * (msgcache.SMALL_RAW + 1))
+    assert cache.get_raw(500) is None                                      # too big to keep
+    assert cache.bytes == 0            # bodies never count against (or evict) headers
+    cache.clear()
+    assert cache.raw_bytes == 0 and cache.get_raw(99) is None
+
+
+def test_fetch_rows_sparse_and_dense(store: Store) -> None:
+    def setup(conn):  # type: ignore[no-untyped-def]
+        from keepmail.store import accounts
+        accounts.add_domain(conn, "example.test")
+        accounts.add_account(conn, "x@example.test", "hash")
+    store.write_sync(setup)
+    ids = _insert(store, [CORPUS[0]] * 30)
+
+    def mk(conn):  # type: ignore[no-untyped-def]
+        box = mailq.create_mailbox(conn, 1, "R")
+        for n, (blob_id, size) in enumerate(ids):
+            mailq.add_message(conn, box.id, blob_id, size, flags={"\\Seen"} if n % 2 else set())
+        mailq.expunge(conn, box.id, [3, 4, 17])
+        return box.id
+    box = store.write_sync(mk)
+    for uids in ([*range(1, 31)], [1, 2, 5, 3, 30], [1, 30], [2, 29, 100], [], [17]):
+        rows = store.read_now(lambda c, u=uids: imapq.fetch_rows(c, box, u))
+        msgs = store.read_now(lambda c, u=uids: mailq.get_messages(c, box, u))
+        assert [(r.uid, r.flags, r.internaldate, r.size, r.modseq, r.blob_id) for r in rows] == \
+            [(m.uid, m.flags, m.internaldate, m.size, m.modseq, m.blob_id) for m in msgs]
+
+
+def test_fetch_in_many_batches_keeps_order_and_fails_cleanly(
+        imap: ImapEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    from keepmail.imap import cmd_message
+    monkeypatch.setattr(cmd_message, "BATCH", 4)   # 23 messages: 6 batches
+    for n in range(1, 24):
+        cte = b"x-unknown" if n == 17 else b"7bit"
+        imap.deliver(b"From: a@example.test\r\nSubject: number %d\r\n"
+                     b"Content-Transfer-Encoding: %s\r\n\r\nbody %d\r\n" % (n, cte, n))
+    raw = imap.raw()
+    raw.login()
+    raw.cmd("a SELECT INBOX")
+    reply = raw.cmd("b FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert reply[-1].startswith(b"b OK"), reply[-1]
+    fetches = [line for line in reply if line.startswith(b"* ") and b" FETCH (" in line]
+    assert len(fetches) == 23
+    for n, line in enumerate(fetches, 1):
+        assert line.startswith(b"* %d FETCH (FLAGS () BODY[HEADER.FIELDS (SUBJECT)] {" % n)
+        assert b"Subject: number %d\r\n\r\n)" % n in line, line
+    reply = raw.cmd("c FETCH 1:* (BINARY.PEEK[1])")   # message 17: NO midway
+    assert reply[-1].startswith(b"c NO [UNKNOWN-CTE]"), reply[-1]
+    assert raw.cmd("d NOOP")[-1].startswith(b"d OK")
     raw.close()

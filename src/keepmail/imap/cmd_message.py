@@ -16,7 +16,7 @@ import asyncio
 import calendar
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from ..store import imapq
 from ..store import mail as mailq
@@ -26,7 +26,9 @@ from .parser import ParseError, Reader, SeqSet
 from .session import AUTH, SEL, SYSTEM_FLAGS, Bad, No, Result, Session, command
 from .view import SelectedView
 
+_PAST_END = 1 << 64     # above any UID
 BATCH = 200            # messages per reader-thread round trip in FETCH
+_Batch = tuple[list[bytes], int, set[str]]    # FETCH lines, messages found, their flags
 MAX_APPEND_MESSAGES = 1000
 
 
@@ -54,37 +56,45 @@ async def fetch_cmd(s: Session, tag: str, r: Reader, uid: bool) -> Result:
     missing = False
     ctx = fetch.FetchContext(items, view.uids.seq_of, view.is_recent, s.utf8, uid,
                              changedsince is not None, s.rev2, seen_now)
+    renderer = fetch.Renderer(ctx)
     needs_content = any(i.needs_content for i in items)
     wants_flags = any(i.name == "FLAGS" for i in items) or bool(seen_now)
     keywords: set[str] = set()
-    for start in range(0, len(uids), BATCH):
-        part = uids[start:start + BATCH]
 
-        def work(conn: sqlite3.Connection, part: list[int] = part) -> tuple[list[bytes], int]:
-            msgs = mailq.get_messages(conn, view.mailbox_id, part)
+    def work_on(part: list[int]) -> Callable[[sqlite3.Connection], _Batch]:
+        def work(conn: sqlite3.Connection) -> _Batch:
+            msgs = imapq.fetch_rows(conn, view.mailbox_id, part)
             if changedsince is not None:
                 msgs = [m for m in msgs if m.modseq > changedsince]
             loader = None
             if needs_content:
                 loader = msgcache.Loader(conn, store.cipher, cache)
                 loader.plan([m.blob_id for m in msgs], [m.size for m in msgs])
-            lines = [fetch.render(ctx, conn, store.cipher, m, loader) for m in msgs]
-            if wants_flags:
-                keywords.update(f for m in msgs for f in m.flags)
-            return lines, len(msgs)
+            render = renderer.render
+            cipher = store.cipher
+            lines = [render(conn, cipher, m, loader) for m in msgs]
+            found = {f for m in msgs for f in m.flags} if wants_flags else set()
+            return lines, len(msgs), found
+        return work
+
+    for start in range(0, len(uids), BATCH):
+        part = uids[start:start + BATCH]
         try:
             if needs_content:
-                lines, found = await store.read(work)
+                lines, found, kw = await store.read(work_on(part))
             else:
-                lines, found = store.read_now(work)
+                lines, found, kw = store.read_now(work_on(part))
         except fetch.UnknownCte as exc:
             raise No(f"Unknown Content-Transfer-Encoding {exc}", "UNKNOWN-CTE") from None
         if changedsince is None and found < len(part):
             missing = True
+        keywords |= kw
         s.announce_keywords(keywords)   # another session's new keyword: FLAGS first
         for line in lines:
             s.send(line)
-        await s.maybe_flush()
+        if start + BATCH < len(uids):
+            # Out with each batch: the client reads it while the next is built.
+            await s.flush()
     if missing and not uid:
         return Result("Some messages were expunged by another session", "EXPUNGEISSUED", "NO")
     return Result()
@@ -218,24 +228,27 @@ def _candidates(s: Session, view: SelectedView, conn: sqlite3.Connection,
     when a key needs them, in batches, through the shared header cache.
     """
     loader = msgcache.Loader(conn, s.server.store.cipher, s.server.cache)
-    seq_of, is_recent = view.uids.seq_of, view.is_recent
+    is_recent = view.is_recent
     wanted = None if uids is None else set(uids)
     has_recent = bool(view.recent)
     flag_sets: dict[str, frozenset[str]] = {}
     out = []
+    # Rows and the view's UIDs both ascend: walk them together for sequence numbers.
+    known = iter(view.uids)
+    seq, at = 0, -1
     for uid, flags, internaldate, size, modseq, blob_id in imapq.message_rows(
             conn, view.mailbox_id):
-        if wanted is not None and uid not in wanted:
-            continue
-        seq = seq_of(uid)
-        if not seq:
+        while at < uid:
+            at = next(known, _PAST_END)
+            seq += 1
+        if at != uid or (wanted is not None and uid not in wanted):
             continue
         flag_set = flag_sets.get(flags)
         if flag_set is None:
             flag_set = flag_sets[flags] = frozenset(flags.split())
         out.append(search.Candidate(
             seq, uid, flag_set, internaldate, size, modseq,
-            has_recent and is_recent(uid), blob_id=blob_id, loader=loader))
+            has_recent and is_recent(uid), None, blob_id, loader))   # positional: cheaper
     loader.plan([c.blob_id for c in out], [c.size for c in out])
     return out
 

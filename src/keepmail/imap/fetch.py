@@ -206,6 +206,13 @@ class Content:
             self._head = entry.head if entry is not None else mime.parse_header_only(self.raw)
         return self._head
 
+    def fields(self, names: list[bytes], negate: bool) -> bytes:
+        """HEADER.FIELDS[.NOT] of the top-level header."""
+        entry = self.entry if self._root is None and self._head is None else None
+        if entry is not None:
+            return entry.fields(names, negate)
+        return self.head.fields(names, negate)
+
     def text(self) -> bytes:
         """RFC822.TEXT: everything after the header."""
         raw = self.raw
@@ -235,25 +242,86 @@ class FetchContext:
     flags_for: set[int] = field(default_factory=set)   # \Seen was just set on these
 
 
+class Renderer:
+    """A FETCH's items compiled once per command into a step per item, so each message
+    costs a few calls: FLAGS text is kept per distinct flag set, and a top-level
+    HEADER.FIELDS goes straight to the cached header's rendered fragment."""
+
+    def __init__(self, ctx: FetchContext) -> None:
+        self.ctx = ctx
+        self._flag_text: dict[tuple[frozenset[str], bool], bytes] = {}
+        steps: list[Callable[[Message, Content], bytes]] = []
+        names_done: set[str] = set()
+        if ctx.with_uid:
+            steps.append(_uid_step)
+            names_done.add("UID")
+        for item in ctx.items:
+            if item.name in names_done and item.name in ("UID", "FLAGS", "MODSEQ"):
+                continue
+            names_done.add(item.name)
+            steps.append(self._step(item))
+        self.steps = steps
+        self.extra_flags = "FLAGS" not in names_done
+        self.extra_modseq = ctx.with_modseq and "MODSEQ" not in names_done
+
+    def _step(self, item: Item) -> Callable[[Message, Content], bytes]:
+        name, ctx = item.name, self.ctx
+        if name == "UID":
+            return _uid_step
+        if name == "FLAGS":
+            return self._flags_step
+        if name == "INTERNALDATE":
+            return lambda m, c: b"INTERNALDATE " + wire.date_time(m.internaldate)
+        if name == "RFC822.SIZE":
+            return lambda m, c: b"RFC822.SIZE %d" % m.size
+        if name == "MODSEQ":
+            return lambda m, c: b"MODSEQ (%d)" % m.modseq
+        if (name == "BODY[]" and not item.section and item.partial is None
+                and item.spec in ("HEADER.FIELDS", "HEADER.FIELDS.NOT")):
+            key = (item.spec, tuple(f.lower() for f in item.fields))
+            negate = item.spec == "HEADER.FIELDS.NOT"
+            prefix = item.label + b" "
+            fields = item.fields
+
+            def header_fields(m: Message, c: Content) -> bytes:
+                data = c.fragment(key, lambda: c.fields(fields, negate))
+                return prefix + (wire.literal(data) if data else b'""')
+            return header_fields
+        label = item.label + b" "
+        return lambda m, c: label + _value(ctx, item, m, c)
+
+    def _flags_step(self, msg: Message, content: Content | None = None) -> bytes:
+        ctx = self.ctx
+        recent = not ctx.rev2 and ctx.recent(msg.uid)
+        key = (msg.flags, recent)
+        text = self._flag_text.get(key)
+        if text is None:
+            flags = set(msg.flags)
+            if recent:
+                flags.add("\\Recent")
+            text = self._flag_text[key] = b"FLAGS " + wire.flags(flags)
+        return text
+
+    def render(self, conn: sqlite3.Connection, cipher: blobs.BlobCipher, msg: Message,
+               loader: msgcache.Loader | None = None) -> bytes:
+        """One `* n FETCH (...)` line for a message."""
+        content = Content(conn, cipher, msg, loader)
+        out = [step(msg, content) for step in self.steps]
+        if self.extra_flags and msg.uid in self.ctx.flags_for:
+            out.append(self._flags_step(msg))
+        if self.extra_modseq:
+            out.append(b"MODSEQ (%d)" % msg.modseq)
+        return b"* %d FETCH (" % self.ctx.seq_of(msg.uid) + b" ".join(out) + b")\r\n"
+
+
+def _uid_step(msg: Message, content: Content) -> bytes:
+    return b"UID %d" % msg.uid
+
+
 def render(ctx: FetchContext, conn: sqlite3.Connection, cipher: blobs.BlobCipher,
            msg: Message, loader: msgcache.Loader | None = None) -> bytes:
-    """One `* n FETCH (...)` line for a message."""
-    content = Content(conn, cipher, msg, loader)
-    out: list[bytes] = []
-    names_done: set[str] = set()
-    if ctx.with_uid:
-        out.append(b"UID %d" % msg.uid)
-        names_done.add("UID")
-    for item in ctx.items:
-        if item.name in names_done and item.name in ("UID", "FLAGS", "MODSEQ"):
-            continue
-        names_done.add(item.name)
-        out.append(item.label + b" " + _value(ctx, item, msg, content))
-    if msg.uid in ctx.flags_for and "FLAGS" not in names_done:
-        out.append(b"FLAGS " + _value(ctx, Item("FLAGS"), msg, content))
-    if ctx.with_modseq and "MODSEQ" not in names_done:
-        out.append(b"MODSEQ (%d)" % msg.modseq)
-    return b"* %d FETCH (" % ctx.seq_of(msg.uid) + b" ".join(out) + b")\r\n"
+    """One `* n FETCH (...)` line for a message (Renderer(ctx) for many)."""
+    return Renderer(ctx).render(conn, cipher, msg, loader)
 
 
 def _value(ctx: FetchContext, item: Item, msg: Message, content: Content) -> bytes:
@@ -328,7 +396,7 @@ def _body_section(item: Item, msg: Message, content: Content) -> bytes:
             negate = item.spec == "HEADER.FIELDS.NOT"
             data = content.fragment(
                 (item.spec, tuple(f.lower() for f in item.fields)),
-                lambda: content.head.fields(item.fields, negate))
+                lambda: content.fields(item.fields, negate))
     else:
         found = mime.section_bytes(content.root, item.section, item.spec, item.fields)
         if found is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import quopri
 import re
 from dataclasses import dataclass, field
@@ -83,14 +84,36 @@ def _split_header(raw: bytes, start: int, end: int) -> int:
         return start + 2
     if raw.startswith(b"\n", start):
         return start + 1
-    m = _HEADER_END.search(raw, start, end)
-    return m.end() if m else end
+    # The first LF followed by LF or CRLF ends the header (what `\r?\n\r?\n` finds
+    # first); two finds in C beat the regex scan by ~8x on a typical header.
+    crlf = raw.find(b"\n\r\n", start, end)
+    lf = raw.find(b"\n\n", start, crlf + 2 if crlf >= 0 else end)
+    if lf >= 0:
+        return lf + 2
+    return crlf + 3 if crlf >= 0 else end
+
+
+# One field at its start: a name (no leading white space), the colon, and any folded
+# continuation lines that are not blank (a blank line ends the header).
+_FIELD = re.compile(rb"([^\s:][^:\n]*):([^\n]*(?:\n[ \t][^\n]*\S[^\n]*)*)(?:\n|\Z)")
 
 
 def _parse_headers(raw: bytes, start: int, body: int) -> list[tuple[bytes, bytes, int, int]]:
     headers: list[tuple[bytes, bytes, int, int]] = []
     pos = start
+    match = _FIELD.match
     while pos < body:
+        m = match(raw, pos, body)
+        if m is not None:   # the common case: a whole field, folded lines and all, in one step
+            value = m.group(2)
+            if b"\n" in value:
+                value = b" ".join([line.strip() for line in value.split(b"\n")])
+            else:
+                value = value.strip()
+            end = m.end()
+            headers.append((m.group(1).strip().lower(), value, pos, end))
+            pos = end
+            continue
         nl = raw.find(b"\n", pos, body)
         line_end = body if nl < 0 else nl + 1
         line = raw[pos:line_end]
@@ -106,6 +129,71 @@ def _parse_headers(raw: bytes, start: int, body: int) -> list[tuple[bytes, bytes
                 headers.append((key, line[colon + 1:].strip(), pos, line_end))
         pos = line_end
     return headers
+
+
+# A header block that is only fields (each a name, a colon, and folded lines that are
+# not blank), every line ending in LF, then at most the blank line: in such a block a
+# field starts exactly where a line starts with a name, so a regex can pick fields out
+# with the same result as _parse_headers + Part.fields.
+_WELL_FORMED = re.compile(
+    rb"(?:[^\s:][^:\n]*+:[^\n]*+(?:\n[ \t][^\n]*?\S[^\n]*+)*+\n)*+(?:\r?\n)?")
+_FIELD_NAME = re.compile(rb"[^\s:]+")
+
+
+_ANY_FIELD = re.compile(rb"([^\s:][^:\n]*+):([^\n]*+(?:\n[ \t][^\n]*?\S[^\n]*+)*+)\n")
+
+
+def field_index(header: bytes) -> dict[bytes, tuple[bytes, ...]]:
+    """A well-formed header block's fields: lower-case name -> values as written
+    (folded; unfold() gives what _parse_headers gives), in order."""
+    # Tuples, not lists: the collector stops tracking them (and then the dict), which
+    # matters when a cache holds such an index for each of 100,000 messages.
+    index: dict[bytes, tuple[bytes, ...]] = {}
+    for name, value in _ANY_FIELD.findall(header):
+        key = name.strip().lower()
+        found = index.get(key)
+        index[key] = (value,) if found is None else (*found, value)
+    return index
+
+
+@functools.lru_cache(maxsize=64)
+def _named_fields(names: tuple[bytes, ...]) -> re.Pattern[bytes]:
+    alternatives = b"|".join(re.escape(n) for n in names)
+    return re.compile(rb"^(" + alternatives + rb")[ \t\r\x0b\x0c]*:([^\n]*+"
+                      rb"(?:\n[ \t][^\n]*?\S[^\n]*+)*+)\n", re.M | re.I)
+
+
+def first_values(header: bytes, names: tuple[bytes, ...]) -> dict[bytes, bytes]:
+    """A well-formed header block's first value (unfolded) of each of these fields
+    (lower-case names that are field names), in one scan; absent ones left out."""
+    found: dict[bytes, bytes] = {}
+    for name, value in _named_fields(names).findall(header):
+        name = name.lower()
+        if name not in found:
+            found[name] = unfold(value)
+    return found
+
+
+def unfold(value: bytes) -> bytes:
+    """A field value as _parse_headers gives it: lines stripped, joined by a space."""
+    if b"\n" in value:
+        return b" ".join([line.strip() for line in value.split(b"\n")])
+    return value.strip()
+
+
+def well_formed_header(header: bytes) -> bool:
+    return _WELL_FORMED.fullmatch(header) is not None
+
+
+@functools.lru_cache(maxsize=256)
+def fields_pattern(names: tuple[bytes, ...]) -> re.Pattern[bytes] | None:
+    """A regex matching whole fields named `names` in a well-formed header block, or
+    None if a name could not be a field name there."""
+    if not names or not all(_FIELD_NAME.fullmatch(n) for n in names):
+        return None
+    alternatives = b"|".join(re.escape(n) for n in sorted(set(n.lower() for n in names)))
+    return re.compile(rb"^(?:" + alternatives + rb")[ \t\r\x0b\x0c]*:[^\n]*+"
+                      rb"(?:\n[ \t][^\n]*?\S[^\n]*+)*+\n", re.M | re.I)
 
 
 # -- Content-Type and other structured values (RFC 2045 section 5.1) ----------
@@ -711,9 +799,16 @@ def plain_text_charset(head: Part) -> str | None:
     Then `text_parts(parse(raw))` is just the root, and its text is the body
     decoded with that charset: SEARCH BODY can skip building the MIME tree.
     """
-    if _encoding(head) not in _IDENTITY:
+    return _plain_text_charset(head.header(b"content-transfer-encoding"),
+                               head.header(b"content-type"))
+
+
+@functools.lru_cache(maxsize=1024)
+def _plain_text_charset(cte: bytes | None, content_type: bytes | None) -> str | None:
+    # Memoised: a mailbox repeats a few Content-Type values thousands of times.
+    if (cte.decode("latin-1").strip().lower() if cte else "") not in _IDENTITY:
         return None
-    ctype = parse_content_type(head.header(b"content-type"))
+    ctype = parse_content_type(content_type)
     if ctype is None:          # missing or unreadable: text/plain; charset=us-ascii
         return "us-ascii"
     mtype, _sub, params = ctype

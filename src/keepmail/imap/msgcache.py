@@ -7,9 +7,16 @@ when the cache grows past its byte budget. Nothing here is ever written to
 disk; the cache is shared by every session of a store (not per connection,
 so idle connections cost nothing extra).
 
-An entry keeps the raw header block, its parsed field list, the header
-values decoded (RFC 2047) and case-folded for SEARCH, and rendered FETCH
-fragments (ENVELOPE, BODYSTRUCTURE) added as they are computed.
+An entry keeps the raw header block and, computed on first use, what the
+commands ask of it: for a well-formed header (every line part of a field) a
+regex answers HEADER.FIELDS and field look-ups without parsing the header
+line by line; otherwise, or for ENVELOPE and the like, the parsed field list.
+Also the header values decoded (RFC 2047) and case-folded for SEARCH, and
+rendered FETCH fragments (ENVELOPE, BODYSTRUCTURE, HEADER.FIELDS).
+
+Small messages (up to SMALL_RAW) are also kept whole, in a separate LRU
+with half the byte budget, so SEARCH BODY/TEXT and BODY[] do not decrypt
+them again each time; bodies never evict headers.
 """
 
 from __future__ import annotations
@@ -28,48 +35,131 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 HEAD_BATCH = 500                 # headers decrypted per query
 RAW_BATCH = 200                  # whole messages decrypted per query ...
 RAW_BATCH_BYTES = 4 * 1024 * 1024   # ... and at most this many bytes of them (but >= 1)
+SMALL_RAW = 64 * 1024            # whole messages up to this size are kept too ...
+RAW_SHARE = 2                    # ... in 1/RAW_SHARE of the byte budget, their own LRU
+_MIME_FIELDS = (b"content-transfer-encoding", b"content-type")
 _ENTRY_OVERHEAD = 600            # object headers, dict slots, list cells (estimate)
 _PER_FIELD = 250                 # tuples, small bytes/str objects per header field
 
 
 class Entry:
-    """The cached view of one blob's top-level header."""
+    """The cached view of one blob's top-level header (parsed on first use)."""
 
-    __slots__ = ("_folded", "_plain", "blob_id", "body_offset", "cost", "fragments", "head",
-                 "size")
+    __slots__ = ("_addr_plain", "_folded", "_head", "_index", "_lowered", "_plain",
+                 "_well_formed", "blob_id", "body_offset", "cost",
+                 "fragments", "header", "size")
 
     def __init__(self, header: bytes, body_offset: int, size: int) -> None:
         self.blob_id = 0
-        # A Part over the header bytes only (what parse_header_only(header) gives).
-        self.head = mime.Part(header, 0, len(header), len(header),
-                              mime._parse_headers(header, 0, len(header)))
+        self.header = header
+        self._head: mime.Part | None = None
+        self._well_formed: bool | None = None
+        self._lowered: bytes | None = None     # b"": not usable for the raw pre-check
+        self._addr_plain = False
+        self._index: dict[bytes, tuple[bytes, ...]] | None = None   # name -> folded values
         self.body_offset = body_offset                # where the body starts in the blob
         self.size = size
         self.fragments: dict[Any, bytes] = {}
-        self._folded: dict[bytes, list[str]] | None = None
+        self._folded: dict[bytes, tuple[str, ...]] | None = None
         self._plain: str | None = None
-        self.cost = _ENTRY_OVERHEAD + 2 * len(header) + _PER_FIELD * len(self.head.headers)
+        # the header, its values (parsed or indexed) and its lower-case copy (SEARCH)
+        self.cost = _ENTRY_OVERHEAD + 3 * len(header) + _PER_FIELD * (header.count(b"\n") + 1)
 
     @property
-    def header(self) -> bytes:
-        return self.head.raw
+    def head(self) -> mime.Part:
+        """A Part over the header bytes only (what parse_header_only(header) gives)."""
+        head = self._head
+        if head is None:   # two threads may both parse: same result, one is kept
+            header = self.header
+            head = self._head = mime.Part(header, 0, len(header), len(header),
+                                          mime._parse_headers(header, 0, len(header)))
+        return head
+
+    def fields(self, names: list[bytes], negate: bool) -> bytes:
+        """HEADER.FIELDS (same bytes as head.fields), without parsing the header when
+        it is well formed: one regex finds the wanted fields."""
+        if not negate:
+            if self._well_formed is None:
+                self._well_formed = mime.well_formed_header(self.header)
+            if self._well_formed:
+                pattern = mime.fields_pattern(tuple(names))
+                if pattern is not None:
+                    return b"".join(pattern.findall(self.header)) + b"\r\n"
+        return self.head.fields(names, negate)
+
+    def values(self, name: bytes) -> list[bytes]:
+        """Unfolded values of the fields called `name` (lower case), as the parsed
+        header lists them, found by one regex when the header is well formed."""
+        if self._head is None:
+            index = self._index
+            if index is None:
+                if self._well_formed is None:
+                    self._well_formed = mime.well_formed_header(self.header)
+                if self._well_formed:
+                    index = self._index = mime.field_index(self.header)
+            if index is not None:
+                return [mime.unfold(v) for v in index.get(name, ())]
+        return [value for key, value, _s, _e in self.head.headers if key == name]
+
+    def may_contain(self, words: tuple[bytes, ...], address: bool) -> bool:
+        """False when no field of this header can match a SEARCH text made of these
+        words (ASCII, lower case, split at white space): when the header is ASCII with
+        no encoded word, its values decode to themselves, casefold as lower() and
+        unfold only at white space, so each word of a match is in the raw bytes. An
+        address field's envelope form can join text around comments or quotes, so
+        such headers always answer True."""
+        lowered = self._lowered
+        if lowered is None:
+            h = self.header
+            if not h.isascii() or b"=?" in h:
+                lowered = b""
+            else:
+                lowered = h.lower()
+                self._addr_plain = not (b"(" in h or b'"' in h or b"\\" in h)
+            self._lowered = lowered   # within the entry's estimate (2 x the header)
+        if not lowered or (address and not self._addr_plain):
+            return True
+        if len(words) == 1:
+            return words[0] in lowered
+        return all(word in lowered for word in words)
 
     def plain_charset(self) -> str:
         """The charset if the message is one text part sent as is, else ""."""
         if self._plain is None:
-            self._plain = mime.plain_text_charset(self.head) or ""
+            if self._head is None and self._index is None:
+                if self._well_formed is None:
+                    self._well_formed = mime.well_formed_header(self.header)
+                if self._well_formed:   # two fields wanted: no need to index them all
+                    first = mime.first_values(self.header, _MIME_FIELDS)
+                    self._plain = mime._plain_text_charset(
+                        first.get(b"content-transfer-encoding"),
+                        first.get(b"content-type")) or ""
+                    return self._plain
+            self._plain = mime.plain_text_charset(_FirstValues(self)) or ""
         return self._plain
 
-    def folded(self, name: bytes) -> list[str]:
+    def folded(self, name: bytes) -> tuple[str, ...]:
         """Values of a field, RFC 2047-decoded and case-folded (for SEARCH)."""
         if self._folded is None:
             self._folded = {}
         found = self._folded.get(name)
         if found is None:
-            found = [mime.decode_words(value).casefold()
-                     for key, value, _s, _e in self.head.headers if key == name]
+            found = tuple(mime.decode_words(value).casefold() for value in self.values(name))
             self._folded[name] = found   # a few small strings; within the entry's estimate
         return found
+
+
+class _FirstValues:
+    """Part.header() over an entry's values(): all plain_text_charset asks of a Part."""
+
+    __slots__ = ("entry",)
+
+    def __init__(self, entry: Entry) -> None:
+        self.entry = entry
+
+    def header(self, name: bytes) -> bytes | None:
+        found = self.entry.values(name.lower())
+        return found[0] if found else None
 
 
 class MessageCache:
@@ -82,6 +172,10 @@ class MessageCache:
         self.misses = 0
         self._entries: OrderedDict[int, Entry] = OrderedDict()
         self._lock = threading.Lock()
+        # Small whole messages (SEARCH BODY/TEXT, BODY[] and BODYSTRUCTURE read them
+        # again and again): bounded apart, so bodies never push headers out.
+        self.raw_bytes = 0
+        self._raws: OrderedDict[int, bytes] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -134,10 +228,38 @@ class MessageCache:
             _bid, victim = self._entries.popitem(last=False)
             self.bytes -= victim.cost
 
+    @property
+    def raw_max_bytes(self) -> int:
+        return self.max_bytes // RAW_SHARE
+
+    def get_raw(self, blob_id: int) -> bytes | None:
+        with self._lock:
+            raw = self._raws.get(blob_id)
+            if raw is not None:
+                self._raws.move_to_end(blob_id)
+            return raw
+
+    def put_raw(self, blob_id: int, raw: bytes) -> None:
+        """Keep a small message's bytes (bigger ones are only ever decrypted per use)."""
+        cost = len(raw) + 100
+        if len(raw) > SMALL_RAW or cost * 4 > self.raw_max_bytes:
+            return
+        with self._lock:
+            old = self._raws.pop(blob_id, None)
+            if old is not None:
+                self.raw_bytes -= len(old) + 100
+            self._raws[blob_id] = raw
+            self.raw_bytes += cost
+            while self.raw_bytes > self.raw_max_bytes and self._raws:
+                _bid, victim = self._raws.popitem(last=False)
+                self.raw_bytes -= len(victim) + 100
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
             self.bytes = 0
+            self._raws.clear()
+            self.raw_bytes = 0
 
 
 _CACHES: weakref.WeakKeyDictionary[Any, MessageCache] = weakref.WeakKeyDictionary()
@@ -204,6 +326,8 @@ class Loader:
         self._local = {}
         for blob_id, size, sealed in imapq.sealed_first_chunks(self.conn, missing):
             data = _open(self.cipher, blob_id, size, 0, sealed)
+            if len(data) == size:     # chunk 0 is the whole message
+                self.cache.put_raw(blob_id, data)
             body = mime._split_header(data, 0, len(data))
             if body == len(data) and size > len(data):   # header runs past chunk 0
                 data = blobs.read(self.conn, self.cipher, blob_id)
@@ -231,7 +355,14 @@ class Loader:
         self._local = {}
         parts: dict[int, list[bytes]] = {}
         sizes: dict[int, int] = {}
-        for blob_id, size, idx, sealed in imapq.sealed_blobs(self.conn, blob_ids):
+        todo = []
+        for blob_id in blob_ids:
+            kept = self.cache.get_raw(blob_id)
+            if kept is not None:
+                self._raws[blob_id] = kept
+            else:
+                todo.append(blob_id)
+        for blob_id, size, idx, sealed in imapq.sealed_blobs(self.conn, todo):
             got = parts.setdefault(blob_id, [])
             if idx != len(got):
                 raise blobs.BlobCorrupt(f"blob {blob_id} is missing chunks")
@@ -242,12 +373,13 @@ class Loader:
                 raise blobs.BlobCorrupt(f"blob {blob_id} is missing chunks")
             raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             self._raws[blob_id] = raw
+            self.cache.put_raw(blob_id, raw)
             if blob_id not in self.cache and blob_id not in self._local:
                 body = mime._split_header(raw, 0, len(raw))
                 self._keep(blob_id, Entry(raw[:body], body, len(raw)))
 
     def raw(self, blob_id: int) -> bytes:
-        data = self._raws.get(blob_id)
+        data = self._raws.get(blob_id) or self.cache.get_raw(blob_id)
         if data is None:
             self.raws(self._window(blob_id, RAW_BATCH, RAW_BATCH_BYTES))
             data = self._raws.get(blob_id)

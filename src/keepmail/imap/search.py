@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,8 +40,8 @@ class Candidate:
     decrypts the message on first use.
     """
 
-    __slots__ = ("_head", "_raw", "_root", "blob_id", "flags", "internaldate", "load",
-                 "loader", "modseq", "recent", "seq", "size", "uid")
+    __slots__ = ("_entry", "_head", "_raw", "_root", "blob_id", "flags", "internaldate",
+                 "load", "loader", "modseq", "recent", "seq", "size", "uid")
 
     def __init__(self, seq: int, uid: int, flags: frozenset[str], internaldate: float,
                  size: int, modseq: int, recent: bool,
@@ -53,6 +53,14 @@ class Candidate:
         self._raw: bytes | None = None
         self._root: mime.Part | None = None
         self._head: mime.Part | None = None
+        self._entry: Any = None
+
+    @property
+    def entry(self) -> Any:
+        """The header cache's entry (with a loader only), looked up once."""
+        if self._entry is None:
+            self._entry = self.loader.head(self.blob_id)
+        return self._entry
 
     @property
     def raw(self) -> bytes:
@@ -71,15 +79,15 @@ class Candidate:
             if self._root is not None:
                 self._head = self._root
             elif self.loader is not None:
-                self._head = self.loader.head(self.blob_id).head
+                self._head = self.entry.head
             else:
                 self._head = mime.parse_header_only(self.raw)
         return self._head
 
-    def folded(self, name: bytes) -> list[str]:
+    def folded(self, name: bytes) -> Sequence[str]:
         """Decoded, case-folded values of one header field."""
         if self.loader is not None:
-            return self.loader.head(self.blob_id).folded(name)  # type: ignore[no-any-return]
+            return self.entry.folded(name)  # type: ignore[no-any-return]
         return [_fold(mime.decode_words(v)) for k, v, _s, _e in self.head.headers if k == name]
 
     @property
@@ -277,9 +285,18 @@ class Program:
         name_l = name.lower()
         if not text:
             return lambda m: bool(m.folded(name_l))
+        # A cheap first look at the raw header rules most messages out (see may_contain).
+        quick = tuple(w.encode() for w in text.split()) if text.isascii() else ()
+        address = name_l in _ADDRESS_FIELDS
 
-        if name_l in _ADDRESS_FIELDS:
+        def ruled_out(m: Candidate) -> bool:
+            return (bool(quick) and m.loader is not None
+                    and not m.entry.may_contain(quick, address))
+
+        if address:
             def addr_pred(m: Candidate) -> bool:
+                if ruled_out(m):
+                    return False
                 values = m.folded(name_l)
                 if any(text in value for value in values):
                     return True
@@ -291,7 +308,7 @@ class Program:
             return addr_pred
 
         def pred(m: Candidate) -> bool:
-            return any(text in value for value in m.folded(name_l))
+            return not ruled_out(m) and any(text in value for value in m.folded(name_l))
         return pred
 
     def k_FROM(self) -> Pred:
@@ -351,7 +368,7 @@ _ASCII_SUPERSETS = frozenset((
 
 def _body_has(m: Candidate, text: str) -> bool:
     if m.loader is not None:
-        entry = m.loader.head(m.blob_id)
+        entry = m.entry
         charset = entry.plain_charset()
         if charset:   # one text part sent as is: its text is the body, no MIME tree needed
             raw = m.raw

@@ -23,6 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..gctuning import tune_for_serving
 from ..store import Store
 from . import cmd_mailbox, cmd_message, cmd_session, msgcache  # noqa: F401  (register commands)
 from .parser import Limits
@@ -45,7 +46,8 @@ class ImapConfig:
     preauth_timeout: float = 60.0
     autologout: float = 31 * 60.0         # RFC 9051 5.4: at least 30 minutes
     shutdown_grace: float = 5.0
-    cache_bytes: int = msgcache.DEFAULT_MAX_BYTES   # decrypted headers kept in memory
+    # Decrypted headers kept in memory; small whole messages get half as much again.
+    cache_bytes: int = msgcache.DEFAULT_MAX_BYTES
 
 
 class NullRecorder:
@@ -378,6 +380,7 @@ class ImapServer:
             raise ValueError("implicit TLS needs a TLS context")
 
     async def start(self) -> None:
+        tune_for_serving()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: Connection(self), host=self.host,
                                                 port=self.port, backlog=1024,
