@@ -1,17 +1,24 @@
 """Outbound throughput: keepmail vs a private Postfix, both relaying to the same smtp-sink.
 
 N messages are submitted by a load generator (a separate process, C parallel
-connections, pipelined MAIL/RCPT/DATA) and timed until the last one reaches
-the sink:
+connections, pipelined MAIL/RCPT/DATA) and timed until the last one has reached
+the sink and left the sender's queue (keepmail: its queue rows deleted in a
+committed transaction; Postfix: its queue file removed):
   keepmail: submission on a loopback port (STARTTLS + AUTH, DKIM signing with
             RSA-2048 and Ed25519, durable queue with group commit) -> agent -> sink
-  Postfix:  smtpd (plain SMTP, relay for mynetworks, no DKIM) -> queue -> smtp -> sink
-            (--postfix-tls: the load generator uses STARTTLS with Postfix too; still no
-            AUTH, which would need a SASL server, and no DKIM, which needs a milter)
-It prints end-to-end messages/s for both, the ratio, and DKIM signatures/s
-(keepmail's signer through `cryptography` vs dkimpy's pure-Python RSA).
+  Postfix:  smtpd (STARTTLS, relay for mynetworks, no DKIM) -> queue -> smtp -> sink
+            (no AUTH, which would need a SASL server, and no DKIM, which needs a
+            milter; --postfix-plain: the load generator talks plain SMTP to Postfix,
+            as this benchmark did before: Postfix then skips TLS entirely, and so
+            does the load generator, on the same two cores)
+It prints end-to-end messages/s for both, the ratio, server CPU per message, and
+DKIM signatures/s (keepmail's signer through `cryptography` vs dkimpy's pure-Python RSA).
 
-usage: python bench/outbound_bench.py [-n 2000] [-c 8] [--size 2000] [--postfix-tls]
+keepmail runs on uvloop when it is installed, as `keepmail serve` does (--no-uvloop:
+asyncio's own loop); the load generator runs on asyncio's loop for both.
+
+usage: python bench/outbound_bench.py [-n 2000] [-c 8] [--size 2000] [--postfix-plain]
+       [--no-uvloop] [--keepmail-only] [-v]
 """
 
 from __future__ import annotations
@@ -43,6 +50,42 @@ def self_cpu() -> float:
     import resource
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds of each thread of this process, summed by thread name."""
+    import os
+    import threading
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            name = names.get(int(task.name), "?").rstrip("_0123456789")
+            fields = (task / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        out[name + "(sys)"] = out.get(name + "(sys)", 0.0) + int(fields[12]) / tick
+    return out
+
+
+def watch_gc() -> list[float]:
+    """[seconds, collections, full collections] of the cyclic GC from now on."""
+    import gc
+    out = [0.0, 0, 0]
+    began = [0.0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            began[0] = time.perf_counter()
+        else:
+            out[0] += time.perf_counter() - began[0]
+            out[1] += 1
+            out[2] += info["generation"] == 2
+
+    gc.callbacks.append(callback)
+    return out
 
 
 def tree_cpu(master: int) -> float:
@@ -176,9 +219,12 @@ async def bench_keepmail(n: int, c: int, size: int, sink_port: int, workdir: Pat
     try:
         proc = spawn_clients(KEEPMAIL, server.ports[0], True, n, c, size)
         await asyncio.to_thread(go, proc)
-        start, cpu = time.perf_counter(), self_cpu()
+        gc_time = watch_gc() if VERBOSE else None
+        start, cpu, threads = time.perf_counter(), self_cpu(), thread_cpu()
         deadline = start + TIMEOUT
-        while agent.delivered < n:
+        # Done when every message has been delivered and its queue rows are gone
+        # (committed), as Postfix is done when its queue files are gone.
+        while agent.delivered < n or store.read_now(q.count) != (0, 0):
             if proc.poll() not in (None, 0):
                 raise RuntimeError("keepmail load generator failed")
             if time.perf_counter() > deadline:
@@ -186,12 +232,18 @@ async def bench_keepmail(n: int, c: int, size: int, sink_port: int, workdir: Pat
             await asyncio.sleep(0.01)
         elapsed = time.perf_counter() - start
         CPU["keepmail"] = self_cpu() - cpu
+        if gc_time is not None:
+            import gc
+            gc.callbacks.clear()
+            print(f"  keepmail garbage collection: {gc_time[1]} runs (full: {gc_time[2]}), "
+                  f"{1000 * gc_time[0] / n:.3f} ms per message")
+        if VERBOSE:
+            after = thread_cpu()
+            print("  keepmail CPU ms per message by thread: " + ", ".join(
+                f"{k} {1000 * (v - threads.get(k, 0.0)) / n:.2f}"
+                for k, v in sorted(after.items(), key=lambda kv: -kv[1])
+                if v - threads.get(k, 0.0) > 0))
         await asyncio.to_thread(proc.wait)
-        for _ in range(500):   # the last queue rows are removed just after delivery
-            if store.read_now(q.count) == (0, 0):
-                break
-            await asyncio.sleep(0.01)
-        assert store.read_now(q.count) == (0, 0)
         if VERBOSE:
             print(f"  keepmail store: {store.db.writes} writes in {store.db.commits} commits")
         return elapsed
@@ -287,40 +339,62 @@ def main() -> None:
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--auth", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tls", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--postfix-tls", action="store_true",
-                        help="submit to Postfix over STARTTLS too (the default is plain SMTP)")
+    parser.add_argument("--postfix-plain", action="store_true",
+                        help="submit to Postfix in plain SMTP (the default: STARTTLS, as "
+                        "with keepmail)")
+    parser.add_argument("--postfix-tls", action="store_true",   # the default now
+                        help=argparse.SUPPRESS)
     parser.add_argument("--host", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print one JSON line too")
-    parser.add_argument("--uvloop", action="store_true", help="run keepmail on uvloop")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="print store commits and CPU per thread")
+    parser.add_argument("--keepmail-only", action="store_true",
+                        help="run only the keepmail side (for profiling)")
+    parser.add_argument("--no-uvloop", action="store_true",
+                        help="run keepmail on asyncio's own loop (the default is uvloop when "
+                        "installed, as `keepmail serve` does)")
+    parser.add_argument("--uvloop", action="store_true", help=argparse.SUPPRESS)  # default
     parser.add_argument("--switch-interval", type=float, default=0.0,
                         help="sys.setswitchinterval for keepmail (default: Python's 0.005)")
     args = parser.parse_args()
     if args.client:
         client_main(args)
         return
+    global VERBOSE
+    VERBOSE = args.verbose
     from tests.support.postfix import Sink, free_port
 
     sink_port = free_port(SINK)
     sink = Sink.start(SINK, sink_port, backlog=512)
     if args.switch_interval:
         sys.setswitchinterval(args.switch_interval)
-    if args.uvloop:
-        import uvloop
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    loop_name = "asyncio"
+    if not args.no_uvloop:
+        # As `keepmail serve` runs (cli._run); the load generator stays on asyncio.
+        try:
+            import uvloop
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+            loop_name = "uvloop"
+        except ImportError:
+            pass
     with tempfile.TemporaryDirectory(prefix="keepmail-bench-") as tmp:
         try:
             km = asyncio.run(bench_keepmail(args.n, args.c, args.size, sink_port, Path(tmp)))
+            if args.keepmail_only:
+                print(f"keepmail: {args.n / km:.1f} msg/s ({km:.2f} s), server CPU per "
+                      f"message {1000 * CPU['keepmail'] / args.n:.2f} ms")
+                return
             pf = bench_postfix(args.n, args.c, args.size, sink_port, Path(tmp),
-                               args.postfix_tls)
+                               not args.postfix_plain)
             sigs = bench_dkim(Path(tmp), args.size)
         finally:
             sink.stop()
     km_rate, pf_rate = args.n / km, args.n / pf
     print(f"messages: {args.n}, client connections: {args.c}, body: {args.size} bytes")
     print(f"keepmail (STARTTLS+AUTH, DKIM rsa+ed25519, fsync'd queue): {km_rate:8.1f} msg/s"
-          f"  ({km:.2f} s)")
-    how = "STARTTLS relay, no AUTH" if args.postfix_tls else "plain SMTP relay"
+          f"  ({km:.2f} s, {loop_name})")
+    how = "plain SMTP relay" if args.postfix_plain else "STARTTLS relay, no AUTH"
     print(f"postfix  ({how}, no DKIM):{' ' * (38 - len(how))}{pf_rate:8.1f} msg/s"
           f"  ({pf:.2f} s)")
     print(f"ratio keepmail/postfix: {km_rate / pf_rate:.2f}x")
@@ -334,6 +408,7 @@ def main() -> None:
     if args.json:
         print(json.dumps({"n": args.n, "keepmail_msgs_per_s": km_rate,
                           "postfix_msgs_per_s": pf_rate, "ratio": km_rate / pf_rate,
+                          "postfix_tls": not args.postfix_plain, "keepmail_loop": loop_name,
                           "cpu_seconds": CPU,
                           "dkim_sigs_per_s": sigs}))
 

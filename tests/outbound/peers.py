@@ -111,11 +111,15 @@ class PeerSession:
     rcpts: list[str] = field(default_factory=list)
 
 
+HANG_UP = "(hang up)"
+
+
 class ScriptedSmtp:
     """An SMTP server whose replies come from `script(session, command)`.
 
     The script returns a reply line ("451 4.3.0 try later") or None for the
-    default. Messages accepted at end of data are appended to `messages`.
+    default, or HANG_UP to close the connection without a reply. Messages
+    accepted at end of data are appended to `messages`.
     """
 
     def __init__(self, host: str, *, script: Script | None = None,
@@ -156,8 +160,12 @@ class ScriptedSmtp:
     async def _say(self, writer: asyncio.StreamWriter, session: PeerSession, command: str,
                    default: str) -> bool:
         line = self.script(session, command) or default
+        if line == HANG_UP:
+            raise ConnectionResetError("the script hangs up")
         writer.write((line.replace("\n", "\r\n") + "\r\n").encode())
         await writer.drain()
+        if line.startswith("421"):
+            raise ConnectionResetError("421: closing")   # RFC 5321 3.8: and close
         return line[:1] in "23"
 
     async def _run(self, session: PeerSession, reader: asyncio.StreamReader,
@@ -209,7 +217,9 @@ class ScriptedSmtp:
         lines = []
         while True:
             line = await reader.readline()
-            if line in (b".\r\n", b""):
+            if not line:
+                raise ConnectionResetError("connection closed during DATA")
+            if line == b".\r\n":
                 break
             lines.append(line[1:] if line.startswith(b"..") else line)
         return b"".join(lines)

@@ -40,6 +40,38 @@ def test_relaxed_body_matches_the_line_by_line_rule() -> None:
     assert dkim_sign.relaxed_body(b"\r\n\r\n") == b""
 
 
+def _split_reference(raw: bytes) -> tuple[list[bytes], bytes]:
+    end = raw.find(b"\r\n\r\n")
+    if end < 0:
+        head, body = (raw, b"") if raw.endswith(b"\r\n") or not raw else (raw + b"\r\n", b"")
+    else:
+        head, body = raw[:end + 2], raw[end + 4:]
+    starts = [m.start() for m in dkim_sign._FIELD_START.finditer(head)]
+    if not starts or starts[0]:
+        starts.insert(0, 0)
+    return [head[a:b] for a, b in zip(starts, [*starts[1:], len(head)], strict=True)], body
+
+
+def _relaxed_header_reference(field: bytes) -> bytes:
+    name, _, value = field.partition(b":")
+    value = value.replace(b"\r\n", b"").replace(b"\n", b"")
+    value = dkim_sign._WSP_RUN.sub(b" ", value).strip(b" ")
+    return name.strip(b" \t").lower() + b":" + value + b"\r\n"
+
+
+def test_header_split_and_relaxed_fields_match_the_general_rules() -> None:
+    rng = random.Random(11)
+    pieces = [b"From", b"To", b":", b"a", b"B", b" ", b"\t", b"\r\n", b"\r\n", b"\r\n ",
+              b"\r\n\t", b"\n", b"\r", b"\x0b", b"\x0c", b"\xc3\xa9"]
+    for _ in range(20000):
+        raw = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 16)))
+        if rng.random() < 0.5:
+            raw += b"\r\n\r\nbody\r\n"
+        assert dkim_sign.split_message(raw) == _split_reference(raw), raw
+        for field in dkim_sign.split_message(raw)[0]:
+            assert dkim_sign.relaxed_header(field) == _relaxed_header_reference(field), field
+
+
 def test_sign_async_gives_the_same_fields_as_sign(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "data")
     try:
@@ -147,6 +179,40 @@ def test_queue_releases_its_blob_reference(tmp_path: Path) -> None:
         assert store.read_now(refs) == {2: 2}      # blob 1 gone; 2 still queued
         store.write_sync(lambda c: q.mark_done(c, [rcpts[2].id]))
         assert store.read_now(refs) == {2: 1}      # the mailbox's reference stays
+        assert store.read_now(q.count) == (0, 0)
+    finally:
+        store.close()
+
+
+def test_one_batch_releases_messages_that_share_a_blob(tmp_path: Path) -> None:
+    # The agent marks many deliveries done in one statement set: two queued
+    # messages on one blob must drop two references, not one.
+    store = Store.open(tmp_path / "data")
+    try:
+        def setup(conn: sqlite3.Connection) -> list[int]:
+            now = 1000.0
+            for blob_id, refs in ((1, 0), (2, 1), (3, 0)):   # 2: also in a mailbox
+                conn.execute("INSERT INTO blobs(id, size, refs, created) VALUES (?, 10, ?, ?)",
+                             (blob_id, refs, now))
+            ids = [q.enqueue(conn, blob, 10, "a@a.test", [f"x{i}@b.test"], now=now)
+                   for i, blob in enumerate((1, 1, 2, 2, 3))]
+            q.enqueue(conn, 3, 10, "a@a.test", ["y@b.test", "z@c.test"], now=now)
+            return ids
+
+        store.write_sync(setup)
+        rcpts = store.read_now(lambda c: [r for m in q.list_messages(c)
+                                          for r in q.rcpts_of(c, m.id)])
+        keep = [r for r in rcpts if r.rcpt == "z@c.test"]
+
+        def refs(conn: sqlite3.Connection) -> dict[int, int]:
+            return dict(conn.execute("SELECT id, refs FROM blobs").fetchall())
+
+        store.write_sync(lambda c: q.mark_done(c, [r.id for r in rcpts if r not in keep]))
+        # blob 1: both references gone; 2: the mailbox's stays; 3: one message still queued
+        assert store.read_now(refs) == {2: 1, 3: 1}
+        assert store.read_now(q.count) == (1, 1)
+        store.write_sync(lambda c: q.mark_done(c, [keep[0].id]))
+        assert store.read_now(refs) == {2: 1}
         assert store.read_now(q.count) == (0, 0)
     finally:
         store.close()

@@ -82,8 +82,26 @@ def split_message(raw: bytes) -> tuple[list[bytes], bytes]:
         head, body = (raw, b"") if raw.endswith(b"\r\n") or not raw else (raw + b"\r\n", b"")
     else:
         head, body = raw[:end + 2], raw[end + 4:]
-    starts = [m.start() for m in _FIELD_START.finditer(head)]
-    fields = [head[a:b] for a, b in zip(starts, [*starts[1:], len(head)], strict=True)]
+    bare = head.replace(b"\r\n", b"")
+    if b"\n" in bare or b"\r" in bare:
+        # Bare LFs or CRs: split wherever a line starts (the general rule, slower).
+        starts = [m.start() for m in _FIELD_START.finditer(head)]
+        if not starts or starts[0]:
+            starts.insert(0, 0)   # text before the first field name goes with it
+        return [head[a:b] for a, b in zip(starts, [*starts[1:], len(head)], strict=True)], body
+    # Lines end in CRLF: a line that starts with WSP continues the field before it.
+    fields: list[bytes] = []
+    for line in head.split(b"\r\n")[:-1] if head.endswith(b"\r\n") else head.split(b"\r\n"):
+        if fields and line[:1] in (b" ", b"\t"):
+            fields[-1] += line + b"\r\n"
+        elif line:
+            fields.append(line + b"\r\n")
+        elif fields:
+            fields[-1] += b"\r\n"   # an empty line inside the block stays with its field
+        else:
+            fields.append(b"\r\n")
+    if fields and not head.endswith(b"\r\n"):
+        fields[-1] = fields[-1][:-2]
     return fields, body
 
 
@@ -91,7 +109,11 @@ def relaxed_header(field: bytes) -> bytes:
     """RFC 6376 3.4.2: lower-case name, unfold, one space for runs of WSP, no edges."""
     name, _, value = field.partition(b":")
     value = value.replace(b"\r\n", b"").replace(b"\n", b"")
-    value = _WSP_RUN.sub(b" ", value).strip(b" ")
+    if b"\r" in value or b"\x0b" in value or b"\x0c" in value:
+        # split() would treat these as blanks too; WSP is only SP and HTAB.
+        value = _WSP_RUN.sub(b" ", value).strip(b" ")
+    else:
+        value = b" ".join(value.split())
     return name.strip(b" \t").lower() + b":" + value + b"\r\n"
 
 
@@ -116,20 +138,25 @@ def body_hash(body: bytes) -> str:
     return base64.b64encode(hashlib.sha256(relaxed_body(body)).digest()).decode()
 
 
+_SIGNED_ORDER = {name: i for i, name in enumerate(SIGNED_FIELDS)}
+_OVERSIGNED = frozenset(OVERSIGNED)
+
+
 def select_headers(fields: list[bytes]) -> tuple[list[str], list[bytes]]:
     """The h= names and the canonicalized fields they sign, bottom-up per name."""
     by_name: dict[str, list[bytes]] = {}
     for f in fields:
-        by_name.setdefault(f.partition(b":")[0].strip().lower().decode("ascii", "replace"),
-                           []).append(f)
+        name = f.partition(b":")[0].strip().lower().decode("ascii", "replace")
+        if name in _SIGNED_ORDER:
+            by_name.setdefault(name, []).append(f)
     names: list[str] = []
     signed: list[bytes] = []
-    for name in SIGNED_FIELDS:
-        instances = by_name.get(name, [])
+    for name in sorted(by_name, key=_SIGNED_ORDER.__getitem__):
+        instances = by_name[name]
         for f in reversed(instances):
             names.append(name)
             signed.append(relaxed_header(f))
-        if name in OVERSIGNED and instances:
+        if name in _OVERSIGNED:
             names.append(name)   # the extra instance signs the absence of more
     return names, signed
 

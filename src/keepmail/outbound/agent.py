@@ -6,9 +6,14 @@ the domain over it (connection reuse). For each connection: MX look-up
 (RFC 5321 5.1, RFC 7505), TLS policy — DANE (RFC 7672) when TLSA records
 validate, else MTA-STS (RFC 8461) in enforce mode, else opportunistic STARTTLS
 (RFC 3207, RFC 7435) with a clear-text retry if the handshake fails — then
-pipelined transactions (RFC 2920). Replies decide per recipient: 2xx done,
-4xx retry with exponential backoff until lifetime_hours, 5xx bounce. A DSN
-(RFC 3464, see dsn.py) goes to the sender on failure and once on delay.
+pipelined transactions (RFC 2920). A kept connection that the server has
+meanwhile closed (end of stream, no reply at all, or 421 to MAIL) is replaced
+by a new one for the same job at once, not counted as a failed attempt.
+Replies decide per recipient: 2xx done, 4xx retry with exponential backoff
+until lifetime_hours, 5xx bounce. A DSN (RFC 3464, see dsn.py) goes to the
+sender on failure and once on delay. Outcomes are written to the queue after
+the remote reply, in batches: one store write for every job that finished
+while the previous write was being committed.
 
 8-bit content to a server without 8BITMIME, and SMTPUTF8 mail to one without
 SMTPUTF8, bounce (5.6.3 / 5.6.7, RFC 6152 3 and RFC 6531 3.2 allow it):
@@ -174,6 +179,9 @@ class DeliveryAgent:
         self._raw: dict[int, bytes] = {}
         self._jobs_of: collections.Counter[int] = collections.Counter()
         self._commits: set[asyncio.Task[None]] = set()
+        # Outcomes waiting for the next batched queue update (see _conclude).
+        self._batch: list[tuple[Job, list[Result]]] = []
+        self._batch_task: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None   # set by start()
         self.delivered = 0    # counters for benchmarks and metrics
 
@@ -370,16 +378,23 @@ class DeliveryAgent:
         self.recorder.event(msg.trace_id, "delivery-attempt", trace=trace, domain=job.domain)
         try:
             raw = self._raw.get(msg.id) or await self.store.read_blob(msg.blob_id)
-            if conn is not None and conn.client.closed:
-                await conn.client.quit()
+            results: list[Result] | None = None
+            if conn is not None and (conn.client.closed or conn.client.reader.at_eof()):
+                conn.client.close()   # the server hung up while the connection was idle
                 conn = None
-            if conn is None:
-                conn = await self._connect(dest, rec)
-            else:
+            if conn is not None:
                 conn.client.record = rec
                 rec("connection", reused=True, **conn.summary())
-            self.recorder.update(trace, ip=conn.ip)
-            results = await self._transaction(conn, job, raw)
+                self.recorder.update(trace, ip=conn.ip)
+                results = await self._on_reused(conn, job, raw, rec)
+                if results is None:
+                    conn.client.close()
+                    conn = None
+            if conn is None:
+                conn = await self._connect(dest, rec)
+                self.recorder.update(trace, ip=conn.ip)
+                results = (await self._transaction(conn, job, raw))[0]
+            assert results is not None
         except DeliveryError as exc:
             results = [Result(r, "failed" if exc.permanent else "deferred", exc.text,
                               exc.status, exc.remote) for r in job.rcpts]
@@ -396,26 +411,74 @@ class DeliveryAgent:
             raw = raw if "raw" in locals() else b""
         # Record the outcome in the background: the connection moves on to the
         # next job while the group commit runs (the rows stay in flight till then).
-        task = asyncio.create_task(self._finish_safely(job, results, trace, raw))
-        self._commits.add(task)
-        task.add_done_callback(self._commits.discard)
+        self._conclude(job, results, trace, raw)
         if conn is not None and conn.client.closed:
             return None
         return conn
 
-    async def _finish_safely(self, job: Job, results: list[Result], trace: str,
+    def _conclude(self, job: Job, results: list[Result], trace: str, raw: bytes) -> None:
+        """Record a job's outcome; its queue rows change in the background.
+
+        The common outcomes (delivered, deferred) join the next batch of queue
+        updates: one write, and a few statements, for every job that finished
+        meanwhile. Outcomes with a DSN to store go their own way (_finish).
+        """
+        try:
+            final, notice = self._outcomes_of(job, results, trace)
+        except Exception:
+            log.exception("recording the outcome of a delivery to %s failed", job.domain)
+            self._release(job)
+            return
+        if notice or any(r.outcome == "failed" for r in final):
+            task = asyncio.create_task(self._finish_safely(job, final, notice, raw))
+            self._commits.add(task)
+            task.add_done_callback(self._commits.discard)
+            return
+        self._batch.append((job, final))
+        if self._batch_task is None:
+            self._batch_task = asyncio.create_task(self._write_batches())
+            self._commits.add(self._batch_task)
+            self._batch_task.add_done_callback(self._commits.discard)
+
+    async def _write_batches(self) -> None:
+        try:
+            while self._batch:
+                batch, self._batch = self._batch, []
+                try:
+                    await self.store.write(_batch_txn(batch, self.clock(), self.settings))
+                except Exception:
+                    # The rows stay as they were: due again at the next scan.
+                    log.exception("recording the outcome of %d deliveries failed", len(batch))
+                    committed = False
+                else:
+                    committed = True
+                if committed:
+                    self.delivered += sum(1 for _job, final in batch for r in final
+                                          if r.outcome == "delivered")
+                for job, _final in batch:
+                    self._release(job)
+                if any(r.outcome == "deferred" for _job, final in batch for r in final):
+                    self._wake.set()
+        finally:
+            self._batch_task = None
+
+    def _release(self, job: Job) -> None:
+        """The job's rows are no longer in flight; drop its message's bytes if unused."""
+        self._inflight.difference_update(r.id for r in job.rcpts)
+        self._jobs_of[job.msg.id] -= 1
+        if self._jobs_of[job.msg.id] <= 0:
+            del self._jobs_of[job.msg.id]
+            self._raw.pop(job.msg.id, None)
+
+    async def _finish_safely(self, job: Job, final: list[Result], notice: bool,
                              raw: bytes) -> None:
         try:
-            await self._finish(job, results, trace, raw)
+            await self._finish(job, final, notice, raw)
         except Exception:
             # The rows stay as they were: due again at the next scan.
             log.exception("recording the outcome of a delivery to %s failed", job.domain)
-            self._inflight.difference_update(r.id for r in job.rcpts)
         finally:
-            self._jobs_of[job.msg.id] -= 1
-            if self._jobs_of[job.msg.id] <= 0:
-                del self._jobs_of[job.msg.id]
-                self._raw.pop(job.msg.id, None)
+            self._release(job)
 
     # -- planning and connecting -----------------------------------------------
     async def _plan(self, dest: Destination, rec: Callable[..., None]) -> Plan:
@@ -585,7 +648,34 @@ class DeliveryAgent:
         return conn
 
     # -- the transaction -----------------------------------------------------------
-    async def _transaction(self, conn: Conn, job: Job, raw: bytes) -> list[Result]:
+    async def _on_reused(self, conn: Conn, job: Job, raw: bytes,
+                         rec: Callable[..., None]) -> list[Result] | None:
+        """The job's transaction on a connection kept open from earlier jobs.
+
+        None when the connection turns out dead before the server took anything
+        (no reply at all, or 421 to MAIL: closed for idleness or after so many
+        messages): the caller then sends on a new connection, as a first
+        attempt would, instead of deferring the job. Once any other reply has
+        come, failures count as usual (the server may have the message).
+        """
+        client = conn.client
+        before = client.replies
+        try:
+            results, mail = await self._transaction(conn, job, raw)
+        except SmtpClientError as exc:
+            if client.replies != before:
+                raise
+            why = str(exc)
+        else:
+            if mail.code != 421:
+                return results
+            why = str(mail)
+        rec("connection-stale", host=conn.host, ip=conn.ip, error=why,
+            action="new connection")
+        return None
+
+    async def _transaction(self, conn: Conn, job: Job,
+                           raw: bytes) -> tuple[list[Result], ServerReply]:
         msg, client = job.msg, conn.client
         if msg.body_8bit and not client.offers("8BITMIME"):
             raise DeliveryError("5.6.3", f"{conn.host} does not accept 8-bit content "
@@ -605,7 +695,7 @@ class DeliveryAgent:
         mail, rcpt_replies, final = await client.transaction(
             msg.sender, params, [r.rcpt for r in job.rcpts], raw)
         return [self._result(conn, rcpt, mail, rr, final)
-                for rcpt, rr in zip(job.rcpts, rcpt_replies, strict=True)]
+                for rcpt, rr in zip(job.rcpts, rcpt_replies, strict=True)], mail
 
     @staticmethod
     def _result(conn: Conn, rcpt: q.QueuedRcpt, mail: ServerReply, rr: ServerReply | None,
@@ -624,7 +714,10 @@ class DeliveryAgent:
         return Result(rcpt, outcome, str(reply), reply.status, conn.host)
 
     # -- outcomes ----------------------------------------------------------------------
-    async def _finish(self, job: Job, results: list[Result], trace: str, raw: bytes) -> None:
+    def _outcomes_of(self, job: Job, results: list[Result],
+                     trace: str) -> tuple[list[Result], bool]:
+        """Final results (expired deferrals fail), recorded and reported; and whether a
+        delay notice is due."""
         now = self.clock()
         msg, s = job.msg, self.settings
         expired = now - msg.created >= s.lifetime_hours * 3600
@@ -638,12 +731,18 @@ class DeliveryAgent:
                                 status=res.status, reply=res.reply)
         self._summarize(trace, msg, final)
         self._report_outcomes(msg, final)
+        notice = not msg.delay_notified and s.delay_notice_hours > 0 and \
+            now - msg.created >= s.delay_notice_hours * 3600 and \
+            any(r.outcome == "deferred" for r in final)
+        return final, notice
+
+    async def _finish(self, job: Job, final: list[Result], notice: bool, raw: bytes) -> None:
+        """Queue changes for an outcome that needs a DSN (bounce or delay notice)."""
+        now = self.clock()
+        msg, s = job.msg, self.settings
         done = [r.rcpt.id for r in final if r.outcome != "deferred"]
         deferred = [r for r in final if r.outcome == "deferred"]
         failed = [r for r in final if r.outcome == "failed"]
-        self.delivered += sum(1 for r in final if r.outcome == "delivered")
-        notice = bool(deferred) and not msg.delay_notified and s.delay_notice_hours > 0 and \
-            now - msg.created >= s.delay_notice_hours * 3600
 
         def queue_txn(conn: sqlite3.Connection) -> None:
             q.mark_done(conn, done)
@@ -657,10 +756,8 @@ class DeliveryAgent:
             dsns.append(self._dsn("failed", msg, failed, raw, now))
         if notice:
             dsns.append(self._dsn("delayed", msg, deferred, raw, now))
-        try:
-            await self._commit(msg, [d for d in dsns if d is not None], queue_txn)
-        finally:
-            self._inflight.difference_update(r.rcpt.id for r in final)
+        await self._commit(msg, [d for d in dsns if d is not None], queue_txn)
+        self.delivered += sum(1 for r in final if r.outcome == "delivered")
         if deferred:
             self._wake.set()
 
@@ -717,6 +814,22 @@ class DeliveryAgent:
         if self.srs_secret is not None:
             return forwarding.reverse(self.srs_secret, sender) or sender
         return sender
+
+
+def _batch_txn(batch: list[tuple[Job, list[Result]]], now: float,
+               settings: OutboundSection) -> Callable[[sqlite3.Connection], None]:
+    """One write for a batch of outcomes: delivered rows go, deferred ones wait."""
+    done = [r.rcpt.id for _job, final in batch for r in final if r.outcome != "deferred"]
+    deferred = [(now, r.reply, now + backoff(settings, r.rcpt.attempts), r.rcpt.id)
+                for _job, final in batch for r in final if r.outcome == "deferred"]
+
+    def txn(conn: sqlite3.Connection) -> None:
+        if done:
+            q.mark_done(conn, done)
+        if deferred:
+            q.defer_each(conn, deferred)
+
+    return txn
 
 
 def _queue_dsn(conn: sqlite3.Connection, blob_id: int, body: bytes, to: str, trace: str,

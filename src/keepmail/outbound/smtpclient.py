@@ -62,6 +62,12 @@ class SmtpClient:
         self.record = record
         self.extensions: dict[str, str] = {}
         self.closed = False
+        self.replies = 0      # replies read so far (a reused connection's liveness test)
+        # The reply timeout: a deadline moved forward by each wait, and one timer per
+        # connection that checks it (see _wait_from_now), instead of a timer per reply.
+        self._deadline = 0.0  # loop time the pending read must finish by; 0: no read
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._expired = False
 
     @classmethod
     async def connect(cls, ip: str, port: int, *, timeout: float, record: Recorder,  # noqa: ASYNC109
@@ -83,25 +89,54 @@ class SmtpClient:
         """One reply per command in whats (a pipelined group), in order."""
         replies: list[ServerReply] = []
         what = ""
+        # One deadline for the group: its replies usually come in one packet.
+        self._wait_from_now()
         try:
-            # asyncio.timeout, not wait_for: wait_for wraps each read in a new task,
-            # which costs an event-loop cycle per reply line even when it is buffered.
-            # One deadline for the group: its replies usually come in one packet.
-            async with asyncio.timeout(self.timeout):
-                for what in whats:
-                    reply = await self._read_lines([])
-                    self.record("smtp", command=what, reply=str(reply)[:2000])
-                    if reply.code == 421:
-                        self.closed = True
-                    replies.append(reply)
-        except SmtpClientError:
+            for what in whats:
+                reply = await self._read_lines([])
+                self.replies += 1
+                self.record("smtp", command=what, reply=str(reply)[:2000])
+                replies.append(reply)
+                if reply.code == 421:
+                    # The server is closing the connection (RFC 5321 3.8): no more
+                    # replies will come; the rest of the group shares this one.
+                    self.closed = True
+                    replies += [reply] * (len(whats) - len(replies))
+                    break
+        except (SmtpClientError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
             self.closed = True
-            raise
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
-            self.closed = True
-            raise SmtpClientError(f"no reply{' to ' + what if what else ''}: "
-                                  f"{exc or type(exc).__name__}") from None
+            if not self._expired and isinstance(exc, SmtpClientError):
+                raise
+            why = f"no reply within {self.timeout:g} s" if self._expired else \
+                str(exc) or type(exc).__name__
+            raise SmtpClientError(f"no reply{' to ' + what if what else ''}: {why}") \
+                from None
+        finally:
+            self._deadline = 0.0
         return replies
+
+    def _wait_from_now(self) -> None:
+        """Start the reply timeout. Not asyncio.timeout: that pushes and cancels a
+        timer (and wait_for adds a task) for every group of replies; here a wait
+        only moves the deadline, and the one timer re-arms itself when it fires
+        early."""
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + self.timeout
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(self._deadline, self._check_deadline)
+
+    def _check_deadline(self) -> None:
+        self._watchdog = None
+        if not self._deadline:
+            return   # no read pending: the next wait arms a new timer
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._deadline:
+            self._watchdog = loop.call_at(self._deadline, self._check_deadline)
+            return
+        # Time is up: dropping the connection ends the pending read (it sees the
+        # end of the stream), which read_replies reports as a timeout.
+        self._expired = True
+        self.writer.transport.abort()
 
     async def _read_lines(self, lines: list[str]) -> ServerReply:
         while True:
@@ -119,6 +154,9 @@ class SmtpClient:
     async def _write(self, data: bytes) -> None:
         try:
             self.writer.write(data)
+            transport = self.writer.transport
+            if not transport.get_write_buffer_size() and not transport.is_closing():
+                return   # all sent at once: nothing to wait for (the usual case)
             async with asyncio.timeout(self.timeout):
                 await self.writer.drain()
         except (OSError, TimeoutError) as exc:
@@ -254,6 +292,9 @@ class SmtpClient:
 
     def close(self) -> None:
         self.closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         try:
             self.writer.close()
         except Exception:

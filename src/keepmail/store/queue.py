@@ -12,6 +12,7 @@ loss).
 
 from __future__ import annotations
 
+import collections
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -182,7 +183,12 @@ def count(conn: sqlite3.Connection) -> tuple[int, int]:
 
 
 def mark_done(conn: sqlite3.Connection, rcpt_ids: Iterable[int]) -> None:
-    """Recipients delivered or bounced: forget them, and their message when it is empty."""
+    """Recipients delivered or bounced: forget them, and their message when it is empty.
+
+    Set-at-a-time, so the delivery agent can mark a whole batch of deliveries
+    in a few statements: the recipient rows, then the messages left without
+    recipients, then their blob references.
+    """
     ids = list(rcpt_ids)
     msg_ids: set[int] = set()
     for start in range(0, len(ids), 500):
@@ -190,23 +196,40 @@ def mark_done(conn: sqlite3.Connection, rcpt_ids: Iterable[int]) -> None:
         marks = ",".join("?" * len(part))
         msg_ids |= {r[0] for r in conn.execute(
             f"DELETE FROM queue_rcpts WHERE id IN ({marks}) RETURNING msg_id", part)}
-    for msg_id in msg_ids:
-        release_if_empty(conn, msg_id)
+    _release_empty(conn, sorted(msg_ids))
 
 
 def release_if_empty(conn: sqlite3.Connection, msg_id: int) -> bool:
-    row = conn.execute(
-        "DELETE FROM queue_messages WHERE id = ? AND NOT EXISTS"
-        " (SELECT 1 FROM queue_rcpts WHERE msg_id = ?) RETURNING blob_id",
-        (msg_id, msg_id)).fetchone()
-    if row is None:
-        return False
+    return _release_empty(conn, [msg_id]) > 0
+
+
+def _release_empty(conn: sqlite3.Connection, msg_ids: list[int]) -> int:
+    """Delete the messages in msg_ids that have no recipient left; drop their references."""
+    blob_refs: collections.Counter[int] = collections.Counter()
+    for start in range(0, len(msg_ids), 500):
+        part = msg_ids[start:start + 500]
+        marks = ",".join("?" * len(part))
+        blob_refs.update(r[0] for r in conn.execute(
+            f"DELETE FROM queue_messages WHERE id IN ({marks}) AND NOT EXISTS"
+            " (SELECT 1 FROM queue_rcpts WHERE msg_id = queue_messages.id) RETURNING blob_id",
+            part))
     # Usually the queue holds the last reference: then one statement drops the blob
     # (and its chunks, ON DELETE CASCADE) instead of an UPDATE and a DELETE.
-    if conn.execute("DELETE FROM blobs WHERE id = ? AND refs <= 1 RETURNING id",
-                    (row[0],)).fetchone() is None:
-        conn.execute("UPDATE blobs SET refs = refs - 1 WHERE id = ?", (row[0],))
-    return True
+    single = [b for b, n in blob_refs.items() if n == 1]
+    for start in range(0, len(single), 500):
+        part = single[start:start + 500]
+        marks = ",".join("?" * len(part))
+        gone = {r[0] for r in conn.execute(
+            f"DELETE FROM blobs WHERE id IN ({marks}) AND refs <= 1 RETURNING id", part)}
+        kept = [b for b in part if b not in gone]
+        if kept:
+            conn.executemany("UPDATE blobs SET refs = refs - 1 WHERE id = ?",
+                             [(b,) for b in kept])
+    for blob_id, n in blob_refs.items():
+        if n > 1 and conn.execute("DELETE FROM blobs WHERE id = ? AND refs <= ? RETURNING id",
+                                  (blob_id, n)).fetchone() is None:
+            conn.execute("UPDATE blobs SET refs = refs - ? WHERE id = ?", (n, blob_id))
+    return sum(blob_refs.values())
 
 
 def defer(conn: sqlite3.Connection, rcpt_ids: Iterable[int], error: str, next_attempt: float,
@@ -214,6 +237,14 @@ def defer(conn: sqlite3.Connection, rcpt_ids: Iterable[int], error: str, next_at
     conn.executemany(
         "UPDATE queue_rcpts SET attempts = attempts + 1, last_attempt = ?, last_error = ?,"
         " next_attempt = ? WHERE id = ?", [(now, error, next_attempt, i) for i in rcpt_ids])
+
+
+def defer_each(conn: sqlite3.Connection,
+               rows: Iterable[tuple[float, str, float, int]]) -> None:
+    """defer() for several recipients at once: (now, error, next_attempt, rcpt id) each."""
+    conn.executemany(
+        "UPDATE queue_rcpts SET attempts = attempts + 1, last_attempt = ?, last_error = ?,"
+        " next_attempt = ? WHERE id = ?", rows)
 
 
 def set_delay_notified(conn: sqlite3.Connection, msg_id: int) -> None:
