@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from array import array
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
@@ -33,10 +34,11 @@ SEED = 7
 def prune(clf: Classifier, keep: int) -> None:
     """Zero all but the `keep` weights of largest magnitude (with their AdaGrad sums)."""
     w, acc = clf.model.weights, clf.model.accum
-    ranked = sorted((i for i, a in enumerate(acc) if a), key=lambda i: abs(w[i]), reverse=True)
-    for i in ranked[keep:]:
-        w[i] = 0.0
-        acc[i] = 0.0
+    learned = np.flatnonzero(acc)
+    # Stable sort by decreasing |weight|: ties keep index order.
+    ranked = learned[np.argsort(-np.abs(w[learned]), kind="stable")]
+    w[ranked[keep:]] = 0.0
+    acc[ranked[keep:]] = 0.0
 
 
 def main() -> None:
@@ -57,9 +59,9 @@ def main() -> None:
     data = dump(ModelState(clf.model), half=True, level=9)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(data)
-    kept = sum(1 for a in clf.model.accum if a)
+    kept = int(np.count_nonzero(clf.model.accum))
     print(f"wrote {args.out}: {len(data) / 1e6:.2f} MB, {kept} weights "
-          f"({array('f').itemsize * 8}-bit trained, stored as float16)")
+          f"(32-bit trained, stored as float16)")
 
 
 if __name__ == "__main__":

@@ -78,3 +78,44 @@ def test_missing_file_opens_starter(tmp_path: Path) -> None:
     clf = Classifier.open(tmp_path / "none" / "spam.model")
     assert clf.source in ("starter", "empty")
     assert not clf.load_errors
+
+
+def _rewrap(body: bytes) -> bytes:
+    """A model file around `body` with a valid checksum (damage the checksum cannot see)."""
+    import hashlib
+    import zlib
+
+    payload = zlib.compress(body)
+    return persist._HEADER.pack(persist.MAGIC, persist.VERSION, len(payload),
+                                hashlib.sha256(payload).digest()) + payload
+
+
+@pytest.mark.parametrize("damage", ["index", "short", "long"])
+def test_checksummed_but_inconsistent_body_is_corrupt(damage: str, trained: Classifier) -> None:
+    import json
+    import struct
+    import zlib
+
+    data = persist.dump(trained.state())
+    body = zlib.decompress(data[persist._HEADER.size:])
+    (hlen,) = struct.unpack_from("<I", body)
+    meta = json.loads(body[4:4 + hlen])
+    n = meta["org"]["n"]
+    sections = bytearray(body[4 + hlen:])
+    if damage == "index":     # first org index beyond the table
+        sections[0:4] = struct.pack("<I", 1 << meta["bits"])
+    elif damage == "short":
+        meta["org"]["n"] = n + 10
+    else:
+        meta["org"]["n"] = n - 1
+    head = json.dumps(meta).encode()
+    with pytest.raises(persist.CorruptModel):
+        persist.load(_rewrap(struct.pack("<I", len(head)) + head + bytes(sections)))
+
+
+def test_half_precision_round_trip(trained: Classifier) -> None:
+    state = persist.load(persist.dump(trained.state(), half=True))
+    idx, vals, _ = trained.model.nonzero()
+    again, vals16, _ = state.model.nonzero()
+    assert again.tolist() == idx.tolist()
+    assert vals16.tolist() == vals.astype("<f2").astype("<f4").tolist()

@@ -27,13 +27,13 @@ weights are learned like any other feature.
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import math
-import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from . import features as feat
 from .model import Model, UserModel, sigmoid
@@ -191,17 +191,20 @@ class Classifier:
         the score, but "heap" explains nothing the word "cheap" does not.
         """
         names = f.names
-        if not names or not f.ids:
+        if not names or len(f.ids) == 0:
             return []
         scale = 1.0 / math.sqrt(len(f.ids))
-        ids = list(names)
-        values = list(map(self.model.weights.__getitem__, ids))
+        ids = np.fromiter(names, np.int64, len(names))
+        values = self.model.weights[ids].astype(np.float64)
         if umodel is not None and umodel.weights:
             # The user's weights are scaled like the org's: add them before scaling.
             get = umodel.weights.get
-            values = list(map(operator.add, values, map(get, ids, itertools.repeat(0.0))))
-        top = heapq.nlargest(k, zip(map(abs, values), values, ids, strict=True))
-        return [(names[i], round(v * scale, 4)) for a, v, i in top if a]
+            values += np.fromiter(map(get, ids.tolist(), itertools.repeat(0.0)),
+                                  np.float64, len(ids))
+        # Largest |contribution| first; ties broken by value, then id (distinct).
+        order = np.lexsort((ids, values, np.abs(values)))[: -k - 1: -1]
+        return [(names[i], round(v * scale, 4))
+                for v, i in zip(values[order].tolist(), ids[order].tolist(), strict=True) if v]
 
     # -- learning -------------------------------------------------------------
     def learn(self, raw: bytes, is_spam: bool, *, user: str | None = None,

@@ -18,9 +18,10 @@ Details:
 * trained on every message whose prediction is not already confidently right
   ("thick threshold": skip when p(true class) > 1 - SKIP), which saves most
   updates once the model is warm and keeps it from over-fitting easy mail;
-* weights and AdaGrad sums live in two fixed-size ``array('f')`` of
-  ``2**bits`` floats, so memory is bounded whatever the traffic (32 MiB at
-  the default 22 bits);
+* weights and AdaGrad sums live in two fixed-size numpy float32 arrays of
+  ``2**bits`` entries, so memory is bounded whatever the traffic (32 MiB at
+  the default 22 bits); a message's weights are gathered and updated with
+  fancy indexing over its (sorted, distinct) feature ids;
 * a bias term learns the spam/ham prior slowly.
 
 ``UserModel`` is the per-user adjustment: a sparse, clipped, decayed weight map
@@ -31,11 +32,9 @@ own user's verdicts by a limited amount.
 from __future__ import annotations
 
 import math
-import operator
-from array import array
-from collections import deque
 from collections.abc import Iterable, Sequence
-from itertools import compress
+
+import numpy as np
 
 RATE = 0.5              # AdaGrad base rate (0.1-1 is the usual range; mid-range, not tuned hard)
 BIAS_RATE = 0.02
@@ -50,9 +49,13 @@ USER_DECAY = 0.999      # per user update: old opinions fade
 DECAY_EVERY = 64
 
 
-def _consume(iterator: Iterable[object]) -> None:
-    """Run an iterator to its end in C (deque with no room keeps nothing)."""
-    deque(iterator, maxlen=0)
+def _index(ids: Sequence[int] | np.ndarray) -> np.ndarray:
+    """`ids` as an int64 index array (a no-op for what features.extract returns)."""
+    return ids if isinstance(ids, np.ndarray) else np.array(ids, np.int64)
+
+
+def _list(ids: Sequence[int] | np.ndarray) -> list[int]:
+    return ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
 
 
 def sigmoid(margin: float) -> float:
@@ -65,52 +68,61 @@ class Model:
 
     def __init__(self, bits: int = 22, bias: float = 0.0, learned: int = 0) -> None:
         self.bits = bits
-        self.weights: array = array("f", bytes(4 << bits))
-        self.accum: array = array("f", bytes(4 << bits))   # AdaGrad sums of squared gradients
+        self.weights = np.zeros(1 << bits, np.float32)
+        self.accum = np.zeros(1 << bits, np.float32)   # AdaGrad sums of squared gradients
         self.bias = bias
         self.learned = learned      # number of updates, for reporting
 
-    def margin(self, ids: Sequence[int]) -> float:
+    def margin(self, ids: Sequence[int] | np.ndarray) -> float:
         """Log-odds of spam: bias + sum of weights, scaled by 1/sqrt(n)."""
-        if not ids:
+        if len(ids) == 0:
             return self.bias
-        # map() over the array's __getitem__ keeps the loop in C: the hottest line of scoring.
-        return self.bias + sum(map(self.weights.__getitem__, ids)) / math.sqrt(len(ids))
+        # One gather of float32 weights, summed in float64: the hottest line of scoring.
+        total = float(self.weights[_index(ids)].sum(dtype=np.float64))
+        return self.bias + total / math.sqrt(len(ids))
 
-    def learn(self, ids: Sequence[int], is_spam: bool, margin: float | None = None) -> bool:
-        """One SGD step on the log loss unless already confidently right; True if updated."""
+    def learn(self, ids: Sequence[int] | np.ndarray, is_spam: bool,
+              margin: float | None = None) -> bool:
+        """One SGD step on the log loss unless already confidently right; True if updated.
+
+        `ids` must hold no duplicates (a feature set): fancy-indexed updates of a
+        repeated index would apply only once.
+        """
         m = self.margin(ids) if margin is None else margin
         error = (1.0 if is_spam else 0.0) - sigmoid(m)
         if abs(error) < SKIP:
             return False
         self.bias += BIAS_RATE * error
-        if ids:
+        if len(ids):
             # AdaGrad: each weight's step shrinks with the squared gradients it has seen,
             # so a token seen for the first time learns fast and a common one stays put.
-            g = error / math.sqrt(len(ids))
-            g2 = g * g
+            # Per id: a = acc[i] + g2; acc[i] = a; w[i] += RATE * g / sqrt(a), computed
+            # in float64 and stored as float32.
+            index = _index(ids)
+            g = error / math.sqrt(len(index))
             w, acc = self.weights, self.accum
-            # Per id: a = acc[i] + g2; acc[i] = a; w[i] += RATE * g / sqrt(a) - written
-            # as map() chains so the loop runs in C (same arithmetic: doubles, stored
-            # as float32).  `ids` holds no duplicates (a feature set).
-            new_acc = list(map(g2.__add__, map(acc.__getitem__, ids)))
-            _consume(map(acc.__setitem__, ids, new_acc))
-            steps = map((RATE * g).__truediv__, map(math.sqrt, new_acc))
-            _consume(map(w.__setitem__, ids, map(operator.add, map(w.__getitem__, ids), steps)))
+            new_acc = acc[index].astype(np.float64)
+            new_acc += g * g
+            acc[index] = new_acc
+            step = np.sqrt(new_acc)
+            np.divide(RATE * g, step, out=step)
+            step += w[index]
+            w[index] = step
         self.learned += 1
         return True
 
     def contributions(self, ids: Iterable[int], n: int) -> dict[int, float]:
         """Each of `ids`' share of the margin of a message with `n` features."""
         scale = 1.0 / math.sqrt(n) if n else 0.0
-        w = self.weights
-        return {i: w[i] * scale for i in ids}
+        ids = _list(ids)
+        return dict(zip(ids, (self.weights[ids] * scale).tolist(), strict=True))
 
-    def nonzero(self) -> tuple[array, array, array]:
-        """(indices, weights, accumulators) where anything was learned, for compact storage."""
-        w, acc = self.weights, self.accum
-        idx = array("I", compress(range(len(acc)), acc))   # C-speed scan of 4M floats
-        return idx, array("f", [w[i] for i in idx]), array("f", [acc[i] for i in idx])
+    def nonzero(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(indices, weights, accumulators) where anything was learned, for compact storage:
+        little-endian uint32, float32, float32 arrays."""
+        idx = np.flatnonzero(self.accum)
+        return (idx.astype("<u4"), self.weights[idx].astype("<f4"),
+                self.accum[idx].astype("<f4"))
 
 
 class UserModel:
@@ -122,20 +134,23 @@ class UserModel:
         self.bias = bias
         self.updates = updates
 
-    def margin(self, ids: Sequence[int]) -> float:
-        if not ids:
+    def margin(self, ids: Sequence[int] | np.ndarray) -> float:
+        if len(ids) == 0:
             return 0.0
         weights = self.weights
-        # keys() & ids: the intersection is found in C, then only shared ids are summed.
-        shared = weights.keys() & ids
-        raw = self.bias + sum(map(weights.__getitem__, shared)) / math.sqrt(len(ids))
+        raw = self.bias
+        if weights:
+            # keys() & ids: the intersection is found in C, then only shared ids are summed.
+            shared = weights.keys() & _list(ids)
+            raw += sum(map(weights.__getitem__, shared)) / math.sqrt(len(ids))
         return max(-USER_MARGIN_CAP, min(USER_MARGIN_CAP, raw))
 
-    def learn(self, ids: Sequence[int], is_spam: bool, org_margin: float) -> None:
+    def learn(self, ids: Sequence[int] | np.ndarray, is_spam: bool, org_margin: float) -> None:
         """Fit the residual of the org model for this user, within the caps."""
         error = (1.0 if is_spam else 0.0) - sigmoid(org_margin + self.margin(ids))
-        if abs(error) < SKIP or not ids:
+        if abs(error) < SKIP or len(ids) == 0:
             return
+        ids = _list(ids)
         self.updates += 1
         if self.updates % DECAY_EVERY == 0:
             self._decay()

@@ -26,10 +26,11 @@ import json
 import os
 import struct
 import zlib
-from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .features import FEATURES_VERSION
 from .model import Model, UserModel
@@ -54,11 +55,19 @@ class ModelState:
     voters: dict[str, dict[str, list[int]]] = field(default_factory=dict)
 
 
-def _pack(vals: array, half: bool) -> bytes:
-    return struct.pack(f"<{len(vals)}e", *vals) if half else vals.tobytes()
+def _pack(vals: Any, half: bool) -> bytes:
+    """float32 values as little-endian float32, or float16 when `half`."""
+    vals = np.asarray(vals, np.float32)
+    if not half:
+        return vals.astype("<f4").tobytes()
+    packed = vals.astype("<f2")
+    if not np.isfinite(packed).all() and np.isfinite(vals).all():
+        raise OverflowError("weight too large for float16")
+    return packed.tobytes()
 
 
-def _sparse_section(idx: array, vals: array, half: bool) -> tuple[bytes, dict[str, Any]]:
+def _sparse_section(idx: Any, vals: Any, half: bool) -> tuple[bytes, dict[str, Any]]:
+    idx = np.asarray(idx, np.int64).astype("<u4")
     return idx.tobytes() + _pack(vals, half), {"n": len(idx), "half": half}
 
 
@@ -77,8 +86,9 @@ def dump(state: ModelState, *, half: bool = False, level: int = 1) -> bytes:
                             "org": info, "users": {}, "reputation": state.reputation,
                             "voters": state.voters}
     for name, user in state.users.items():
-        keys = array("I", user.weights.keys())
-        blob, info = _sparse_section(keys, array("f", user.weights.values()), False)
+        blob, info = _sparse_section(np.fromiter(user.weights.keys(), np.int64, len(user.weights)),
+                                     np.fromiter(user.weights.values(), np.float32,
+                                                 len(user.weights)), False)
         sections.append(blob)
         meta["users"][name] = {**info, "bias": user.bias, "updates": user.updates}
     head = json.dumps(meta, separators=(",", ":")).encode()
@@ -107,22 +117,25 @@ def load(data: bytes) -> ModelState:
         raise CorruptModel(f"bad model body: {exc}") from exc
 
 
-def _read_values(body: bytes, pos: int, n: int, half: bool) -> tuple[list[float], int]:
-    if half:
-        return list(struct.unpack_from(f"<{n}e", body, pos)), pos + 2 * n
-    arr = array("f")
-    arr.frombytes(body[pos:pos + 4 * n])
-    if len(arr) != n:
+def _read_array(body: bytes, pos: int, n: int, dtype: str) -> tuple[np.ndarray, int]:
+    size = np.dtype(dtype).itemsize
+    if n < 0 or pos + size * n > len(body):
         raise CorruptModel("section shorter than announced")
-    return arr.tolist(), pos + 4 * n
+    return np.frombuffer(body, dtype, n, pos), pos + size * n
 
 
-def _read_sparse(body: bytes, pos: int, info: dict[str, Any]) -> tuple[array, list[float], int]:
+def _read_values(body: bytes, pos: int, n: int, half: bool) -> tuple[np.ndarray, int]:
+    """n float16 or float32 values at `pos`, as float32."""
+    vals, pos = _read_array(body, pos, n, "<f2" if half else "<f4")
+    return vals.astype(np.float32), pos
+
+
+def _read_sparse(body: bytes, pos: int,
+                 info: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, int]:
     n = int(info["n"])
-    idx = array("I")
-    idx.frombytes(body[pos:pos + 4 * n])
-    vals, pos = _read_values(body, pos + 4 * n, n, bool(info.get("half")))
-    return idx, vals, pos
+    idx, pos = _read_array(body, pos, n, "<u4")
+    vals, pos = _read_values(body, pos, n, bool(info.get("half")))
+    return idx.astype(np.int64), vals, pos
 
 
 def _decode(body: bytes) -> ModelState:
@@ -137,15 +150,15 @@ def _decode(body: bytes) -> ModelState:
     model = Model(bits, bias=float(meta["bias"]), learned=int(meta["learned"]))
     idx, vals, pos = _read_sparse(body, pos, meta["org"])
     accs, pos = _read_values(body, pos, len(idx), bool(meta["org"].get("half")))
-    w, acc = model.weights, model.accum
-    for i, v, a in zip(idx, vals, accs, strict=True):
-        w[i] = v
-        acc[i] = a
+    if len(idx) and int(idx.max()) >= len(model.weights):
+        raise CorruptModel("weight index out of range")
+    model.weights[idx] = vals
+    model.accum[idx] = accs
     users: dict[str, UserModel] = {}
     for name, info in meta["users"].items():
         uidx, uvals, pos = _read_sparse(body, pos, info)
-        users[name] = UserModel(dict(zip(uidx, uvals, strict=True)), float(info["bias"]),
-                                int(info.get("updates", 0)))
+        users[name] = UserModel(dict(zip(uidx.tolist(), uvals.tolist(), strict=True)),
+                                float(info["bias"]), int(info.get("updates", 0)))
     if pos != len(body):
         raise CorruptModel("trailing bytes in model body")
     reputation = {k: [int(v[0]), int(v[1])] for k, v in meta["reputation"].items()}
