@@ -86,3 +86,22 @@ def test_headers_are_decoded_by_field() -> None:
     names = set(features.extract(raw, names=True).names.values())
     assert {"s:grüße", "s:münchen", "fn:jörg", "fd:mail.example.de", "fr:example.de",
             "x-mailer:foo 0.0"} <= names
+
+
+def test_an_8bit_received_field_keeps_the_rest_of_the_header() -> None:
+    """Raw 8-bit bytes in a Received field (common in spam) come back from the parser
+    as a Header object; the hops, the sender identity and the later fields must still
+    be read, not dropped as a broken header."""
+    from keepmail.spam import features
+
+    raw = ("Received: from mail.sp\u00e4m.example (mail.spam.example [203.0.113.9])\r\n"
+           "\tby mx.example.test with ESMTP; Mon, 1 Jan 2024 00:00:00 +0000\r\n"
+           "From: Sales <sales@offers.example>\r\nX-Mailer: BulkBlaster 9\r\n"
+           "Subject: hi\r\n\r\nbody text here\r\n").encode("latin-1")
+    f = features.extract(raw, names=True, received_ip=True)
+    names = set(f.names.values())
+    assert "hdr:broken" not in names
+    assert "rnet:203.0" in names
+    assert any(n.startswith("x-mailer:") for n in names)
+    assert f.sender == "sales@offers.example"
+    assert f.sender_domain == "offers.example"

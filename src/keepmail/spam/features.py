@@ -323,7 +323,9 @@ def _header_features(msg: email.message.Message, sink: _Sink,
     seen: dict[str, str] = {}
     names: list[str] = []
     items = msg.items()[:200]
-    received.extend(v for k, v in items if k.lower() == "received")
+    # An 8-bit field comes back as a Header object: its str() is the text to use.
+    received.extend(v if isinstance(v, str) else str(v)
+                    for k, v in items if k.lower() == "received")
     for key, value in items:
         name = key.strip().lower()
         if name.startswith(_IGNORED_FIELD_PREFIXES):
@@ -391,14 +393,7 @@ def _from(seen: Mapping[str, str], sink: _Sink) -> None:
 def _received(chain: list[str], sink: _Sink) -> None:
     sink.add(f"nrcvd:{_bucket(len(chain))}")
     # Hop position matters little; hosts and networks that relay matter a lot.
-    heads: list[str] = []
-    error: Exception | None = None
-    for value in chain[:MAX_RECEIVED]:
-        try:
-            heads.append(value[:400])
-        except Exception as exc:   # a Header object (8-bit field): tokenize the hops before it
-            error = exc
-            break
+    heads = [value[:400] for value in chain[:MAX_RECEIVED]]
     if heads:
         # One search per pattern over all hops: no pattern matches NUL, so none spans two
         # hops and each hop's matches are what searching it alone would find.
@@ -413,8 +408,6 @@ def _received(chain: list[str], sink: _Sink) -> None:
             add("rwith:" + proto.lower())
         if "helo=" in heads[0].lower():
             add("rcv:helo-given")
-    if error is not None:
-        raise error
 
 
 def _misc_headers(seen: Mapping[str, str], sink: _Sink) -> None:
