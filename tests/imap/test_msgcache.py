@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -295,3 +296,121 @@ def test_fetch_in_many_batches_keeps_order_and_fails_cleanly(
     assert reply[-1].startswith(b"c NO [UNKNOWN-CTE]"), reply[-1]
     assert raw.cmd("d NOOP")[-1].startswith(b"d OK")
     raw.close()
+
+
+def _run_narrowed(st: Store, ids: list[tuple[int, int]], pred: search.Pred,
+                  cache: msgcache.MessageCache) -> list[int]:
+    """As SEARCH runs it: the text index rules messages out, the predicate decides."""
+    conn = st.db.reader()
+    loader = msgcache.Loader(conn, st.cipher, cache)
+    positions = range(len(ids))
+    narrow = search.narrow_of(pred)
+    if narrow is not None:
+        keep = narrow(cache.text_index(tuple(b for b, _ in ids)))
+        if keep is not None:
+            positions = sorted(keep)
+    cands = [search.Candidate(i + 1, i + 1, frozenset(), 0.0, ids[i][1], 1, False,
+                              blob_id=ids[i][0], loader=loader) for i in positions]
+    loader.plan([c.blob_id for c in cands], [c.size for c in cands])
+    return [c.seq for c in cands if pred(c)]
+
+
+def _random_message(rng: random.Random) -> bytes:
+    words = ["needle", "Needle", "hay", "stack", "sender7", "sender70", "message 77",
+             "caf\xe9", "stra\xdfe", "NEE", "dle", "r\xe9sum\xe9", "x(y)", '"q"', "a\\b"]
+
+    def text() -> str:
+        return " ".join(rng.choice(words) for _ in range(rng.randint(0, 4)))
+
+    def field_value() -> bytes:
+        value = text()
+        kind = rng.random()
+        if kind < 0.2:   # an encoded word
+            return b"=?utf-8?q?" + value.encode().replace(b" ", b"_") + b"?="
+        if kind < 0.3:   # raw non-ASCII
+            return value.encode("utf-8")
+        if kind < 0.4:   # folded
+            return value.encode("latin-1", "replace").replace(b" ", b"\r\n ", 1)
+        return value.encode("latin-1", "replace")
+    head = b"From: " + field_value() + b" <sender%d@example.test>\r\n" % rng.randint(0, 99)
+    head += b"Subject: " + field_value() + b"\r\n"
+    if rng.random() < 0.3:
+        head += b"X-Extra: " + field_value() + b"\r\n"
+    body = text().encode(rng.choice(["ascii", "utf-8", "latin-1"]), "replace") + b"\r\n"
+    kind = rng.random()
+    if kind < 0.2:
+        head += b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n"
+        body = base64.b64encode(text().encode()) + b"\r\n"
+    elif kind < 0.35:
+        head += b"Content-Type: multipart/mixed; boundary=ZZ\r\n"
+        body = (b"--ZZ\r\nContent-Type: text/plain\r\n\r\n" + body + b"--ZZ\r\n"
+                b"Content-Type: text/html\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+                b"nee=\r\ndle " + text().encode("latin-1", "replace") + b"\r\n--ZZ--\r\n")
+    elif kind < 0.5:
+        head += b"Content-Type: text/plain; charset=" + rng.choice(
+            [b"us-ascii", b"utf-8", b"iso-8859-1", b"koi8-r", b"UTF-8"]) + b"\r\n"
+    return head + b"\r\n" + body
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_text_index_never_changes_search_results(store: Store, seed: int) -> None:
+    """The bulk pre-check (msgcache.TextIndex) only ever rules out messages the exact
+    predicates reject: same results over random messages, as the mailbox changes."""
+    rng = random.Random(seed)
+    corpus = CORPUS + [h + b"needle body\r\n" for h in ODD_HEADERS]
+    corpus += [_random_message(rng) for _ in range(60)]
+    ids = _insert(store, corpus)
+    programs = PROGRAMS + ODD_PROGRAMS + [
+        "FROM sender7", 'SUBJECT "message 77"', "BODY needle", "BODY NEE", "SUBJECT dle",
+        "FROM \"x(y)\"", "FROM q", "SUBJECT \"hay stack\"", "BODY \"needle hay\"",
+        "SUBJECT needle BODY hay", "OR SUBJECT hay BODY stack", "NOT SUBJECT hay",
+        "HEADER X-Extra stack", "TO sender7", "BODY \"caf\xe9\"", "SUBJECT \"r\xe9sum\xe9\"",
+        "FROM example.test BODY needle", "BODY dle", "SUBJECT \"\"", "BODY \"\""]
+    cache = msgcache.MessageCache(64 * 1024 * 1024)
+    current = list(ids)
+    for step in range(6):
+        if step == 1:   # some cached, some not: the index must keep the unknown ones
+            cache.clear()
+            _run(store, current[::3], _program("SUBJECT x"), cache)
+        elif step >= 2:   # expunges and new deliveries change the set of blobs
+            rng.shuffle(current)
+            current = sorted(current[: len(current) - rng.randint(0, 10)])
+            current += _insert(store, [_random_message(rng) for _ in range(rng.randint(0, 8))])
+        for text in programs:
+            pred = _program(text)
+            expected = _run(store, current, pred, None)
+            assert _run_narrowed(store, current, pred, cache) == expected, (step, text)
+    assert len(cache._indexes) <= msgcache.MAX_INDEXES
+
+
+def test_text_index_is_bounded_and_keyed_by_blobs() -> None:
+    cache = msgcache.MessageCache(64 * 1024)
+    header = b"From: a@b.test\r\nSubject: hello needle\r\n"
+    for blob_id in range(1, 200):
+        entry = cache.put(blob_id, msgcache.Entry(header, len(header), len(header) + 10))
+        cache.put_raw(blob_id, header + b"\r\nneedle\r\n")
+        assert entry is not None
+    assert 1 not in cache and 199 in cache                  # older ones evicted: bounded
+    small = cache.text_index((197, 198, 199))
+    assert small.head_candidates((b"needle",), False) == {0, 1, 2}
+    assert small.body_candidates(b"needle") == {0, 1, 2}
+    assert small.head_candidates((b"absent",), False) == set()
+    assert cache.text_index((197, 198, 199)) is small          # kept: same blobs, same index
+    assert cache.text_index((198, 199)) is not small          # other blobs: another index
+    missing = cache.text_index((199, 10_000))                # one not cached: kept for the check
+    assert missing.head_candidates((b"absent",), False) == {1}
+    assert cache.text_index((199, 10_000)) is not missing   # ... and not remembered
+    assert small.head_candidates((b"a\0b",), False) is None
+    first = b"Content-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    second = b"Content-type: TEXT/plain; charset=utf-8\r\n\r\n"
+    for blob_id, header in ((300, first), (301, second), (302, b"X: y\r\n\r\n")):
+        cache.put(blob_id, msgcache.Entry(header, len(header), len(header) + 8))
+        cache.put_raw(blob_id, header + b"needle\r\n")
+    mixed = cache.text_index((300, 301, 302))   # a header starting the joined headers
+    assert mixed.body_candidates(b"needle") == {0, 1, 2}
+    assert mixed.body_candidates(b"absent") == {0}   # base64: only the exact check can tell
+    assert cache.text_index((1, 2)).head_candidates((b"absent",), False) == {0, 1}
+    cache.max_bytes = 8 * 40          # an index of more bytes than its share ...
+    big = cache.text_index((198, 199))
+    assert big.body_candidates(b"needle") == {0, 1}
+    assert cache.text_index((198, 199)) is not big   # ... is used once, not kept

@@ -221,28 +221,38 @@ async def store_cmd(s: Session, tag: str, r: Reader, uid: bool) -> Result:
 
 # -- SEARCH / SORT / THREAD ------------------------------------------------------------------------
 def _candidates(s: Session, view: SelectedView, conn: sqlite3.Connection,
-                uids: Iterable[int] | None = None) -> list[search.Candidate]:
+                uids: Iterable[int] | None = None,
+                narrow: search.Narrow | None = None) -> list[search.Candidate]:
     """The view's messages (or some of them) for SEARCH, SORT and THREAD.
 
     One query reads the mailbox's rows; headers and bytes are decrypted only
-    when a key needs them, in batches, through the shared header cache.
+    when a key needs them, in batches, through the shared header cache. With
+    `narrow` (search.narrow_of a predicate), the messages the shared text index
+    rules out are left out before they become Candidates.
     """
     loader = msgcache.Loader(conn, s.server.store.cipher, s.server.cache)
     is_recent = view.is_recent
     wanted = None if uids is None else set(uids)
     has_recent = bool(view.recent)
     flag_sets: dict[str, frozenset[str]] = {}
-    out = []
+    rows = []
     # Rows and the view's UIDs both ascend: walk them together for sequence numbers.
     known = iter(view.uids)
     seq, at = 0, -1
-    for uid, flags, internaldate, size, modseq, blob_id in imapq.message_rows(
-            conn, view.mailbox_id):
+    for row in imapq.message_rows(conn, view.mailbox_id):
+        uid = row[0]
         while at < uid:
             at = next(known, _PAST_END)
             seq += 1
         if at != uid or (wanted is not None and uid not in wanted):
             continue
+        rows.append((seq, row))
+    if narrow is not None and rows:
+        keep = narrow(s.server.cache.text_index(tuple(row[5] for _seq, row in rows)))
+        if keep is not None:
+            rows = [rows[i] for i in sorted(keep)]
+    out = []
+    for seq, (uid, flags, internaldate, size, modseq, blob_id) in rows:
         flag_set = flag_sets.get(flags)
         if flag_set is None:
             flag_set = flag_sets[flags] = frozenset(flags.split())
@@ -261,7 +271,7 @@ def _search_context(view: SelectedView) -> search.Context:
 async def _run_search(s: Session, view: SelectedView, ctx: search.Context, pred: search.Pred
                       ) -> list[search.Candidate]:
     def work(conn: sqlite3.Connection) -> list[search.Candidate]:
-        return [c for c in _candidates(s, view, conn) if pred(c)]
+        return [c for c in _candidates(s, view, conn, narrow=search.narrow_of(pred)) if pred(c)]
     if ctx.needs_content:
         return await s.server.store.read(work)
     return s.server.store.read_now(work)
@@ -354,7 +364,7 @@ async def sort_cmd(s: Session, tag: str, r: Reader, uid: bool) -> Result:
     r.end()
 
     def work(conn: sqlite3.Connection) -> list[search.Candidate]:
-        found = [c for c in _candidates(s, view, conn) if pred(c)]
+        found = [c for c in _candidates(s, view, conn, narrow=search.narrow_of(pred)) if pred(c)]
         return sort_thread.sort_messages(found, criteria)
     ordered = await s.server.store.read(work)
     s.untagged(b"SORT" + b"".join(b" %d" % (c.uid if uid else c.seq) for c in ordered))
@@ -380,7 +390,7 @@ async def thread_cmd(s: Session, tag: str, r: Reader, uid: bool) -> Result:
         return c.uid if uid else c.seq
 
     def work(conn: sqlite3.Connection) -> bytes:
-        found = [c for c in _candidates(s, view, conn) if pred(c)]
+        found = [c for c in _candidates(s, view, conn, narrow=search.narrow_of(pred)) if pred(c)]
         if algorithm == "ORDEREDSUBJECT":
             trees = sort_thread.ordered_subject(found, number)
         else:

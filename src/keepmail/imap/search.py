@@ -6,6 +6,10 @@ decrypted-header cache (msgcache.py), filling it a batch of messages per
 query on a miss; body and text keys decrypt messages in batches on a store
 reader thread, and only if a cheaper key did not already decide. A message
 that is a single text part sent as is is searched without a MIME parse.
+Header and BODY keys with ASCII text also carry a bulk pre-check (`narrow`):
+SEARCH first asks the shared msgcache.TextIndex which messages may match
+(one bytes.find over all cached headers or plain bodies), and only those
+become Candidates; the predicate still decides each of them.
 Also MODSEQ (RFC 7162 3.1.5) and `$` (RFC 5182 SEARCHRES).
 
 Strings match case-insensitively as substrings of the decoded text: RFC 2047
@@ -305,10 +309,14 @@ class Program:
                 # 1.6x slower on bench/imap_bench.py).
                 return (any("(" in value or '"' in value for value in values)
                         and text in _address_text(m, name_l))
+            if quick:
+                _narrows(addr_pred, lambda index: index.head_candidates(quick, True))
             return addr_pred
 
         def pred(m: Candidate) -> bool:
             return not ruled_out(m) and any(text in value for value in m.folded(name_l))
+        if quick:
+            _narrows(pred, lambda index: index.head_candidates(quick, address))
         return pred
 
     def k_FROM(self) -> Pred:
@@ -335,7 +343,13 @@ class Program:
         self.r.sp()
         text = self._string()
         self.ctx.needs_content = True
-        return lambda m: _body_has(m, text)
+
+        def pred(m: Candidate) -> bool:
+            return _body_has(m, text)
+        if text.isascii():
+            needle = text.encode()
+            _narrows(pred, lambda index: index.body_candidates(needle))
+        return pred
 
     def k_TEXT(self) -> Pred:
         self.r.sp()
@@ -399,10 +413,38 @@ def _compare(get: Callable[[Candidate], dt.date], day: dt.date, op: str) -> Pred
     return lambda m: get(m) >= day
 
 
+Narrow = Callable[[Any], "set[int] | None"]
+
+
+def _narrows(pred: Pred, narrow: Narrow) -> None:
+    """Attach a bulk pre-check to a predicate: given a msgcache.TextIndex over the
+    messages searched, the positions of those the predicate may hold for (every
+    other one it surely rejects), or None when the index cannot tell."""
+    pred.narrow = narrow  # type: ignore[attr-defined]
+
+
+def narrow_of(pred: Pred) -> Narrow | None:
+    """The bulk pre-check of a predicate, if it has one (see _narrows)."""
+    return getattr(pred, "narrow", None)
+
+
 def _and(keys: list[Pred]) -> Pred:
     if len(keys) == 1:
         return keys[0]
-    return lambda m: all(k(m) for k in keys)
+
+    def pred(m: Candidate) -> bool:
+        return all(k(m) for k in keys)
+    narrows = [n for n in map(narrow_of, keys) if n is not None]
+    if narrows:
+        def narrow(index: Any) -> set[int] | None:
+            found = None
+            for n in narrows:
+                got = n(index)
+                if got is not None:
+                    found = got if found is None else found & got
+            return found
+        _narrows(pred, narrow)
+    return pred
 
 
 def _flag(name: str, present: bool = True) -> Pred:
