@@ -7,7 +7,9 @@ what it needs from the header block and prepends its own fields.
 from __future__ import annotations
 
 import re
+import time
 from email.header import decode_header, make_header
+from email.utils import formatdate
 
 _FIELD_CACHE: dict[str, re.Pattern[bytes]] = {}
 
@@ -88,3 +90,16 @@ def format_field(name: str, value: str) -> bytes:
             current += " " + word
     lines.append(current)
     return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace")
+
+
+_dates: dict[bool, tuple[int, str]] = {}
+
+
+def date_now(*, gmt: bool = False) -> str:
+    """An RFC 5322 date for this second ("GMT" or "-0000" zone), formatted once per
+    second: formatting costs more than the rest of a Received field."""
+    second = int(time.time())
+    cached = _dates.get(gmt)
+    if cached is None or cached[0] != second:
+        cached = _dates[gmt] = (second, formatdate(second, usegmt=gmt))
+    return cached[1]

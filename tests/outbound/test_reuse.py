@@ -35,6 +35,16 @@ def subjects_received(peer: ScriptedSmtp) -> list[str]:
     return sorted(out)
 
 
+async def deliver_all(org: Org, peer: ScriptedSmtp, subjects: list[str]) -> None:
+    """Submit them, wait until the peer has them all and the queue is empty, and
+    check each arrived exactly once."""
+    await send_each(org, subjects)
+    await wait_for(lambda: len(peer.messages) == len(subjects),
+                   what=f"{len(subjects)} deliveries")
+    await wait_for(lambda: org.queue_size() == (0, 0), what="empty queue")
+    assert subjects_received(peer) == subjects
+
+
 def outcomes(org: Org) -> list[str]:
     return [json.loads(e[2])["outcome"] for e in org.events("result")]
 
@@ -43,10 +53,7 @@ def test_one_connection_carries_several_messages(tmp_path: Path, ca: CA) -> None
     subjects = [f"message {i}" for i in range(5)]
 
     async def body(org: Org, peer: ScriptedSmtp, dns: LocalDns) -> None:
-        await send_each(org, subjects)
-        await wait_for(lambda: len(peer.messages) == 5, what="five deliveries")
-        await wait_for(lambda: org.queue_size() == (0, 0), what="empty queue")
-        assert subjects_received(peer) == subjects
+        await deliver_all(org, peer, subjects)
         assert peer.connections == 1
         assert sum(1 for c in peer.commands if c.startswith("EHLO")) == 1
         assert sum(1 for c in peer.commands if c.startswith("MAIL")) == 5
@@ -74,10 +81,7 @@ def test_reused_connection_closed_by_the_server_costs_a_new_connection(
     subjects = [f"message {i}" for i in range(3)]
 
     async def body(org: Org, peer: ScriptedSmtp, dns: LocalDns) -> None:
-        await send_each(org, subjects)
-        await wait_for(lambda: len(peer.messages) == 3, what="three deliveries")
-        await wait_for(lambda: org.queue_size() == (0, 0), what="empty queue")
-        assert subjects_received(peer) == subjects          # each exactly once
+        await deliver_all(org, peer, subjects)          # each exactly once
         assert peer.connections == 3
         # Retried at once on a new connection: no deferral, no backoff.
         assert outcomes(org) == ["delivered"] * 3
@@ -102,10 +106,7 @@ def test_failure_of_a_later_message_on_a_reused_connection_defers_only_that_one(
     subjects = [f"message {i}" for i in range(3)]
 
     async def body(org: Org, peer: ScriptedSmtp, dns: LocalDns) -> None:
-        await send_each(org, subjects)
-        await wait_for(lambda: len(peer.messages) == 3, what="three deliveries")
-        await wait_for(lambda: org.queue_size() == (0, 0), what="empty queue")
-        assert subjects_received(peer) == subjects          # no duplicate, no loss
+        await deliver_all(org, peer, subjects)          # no duplicate, no loss
         assert refused["n"] == 1
         assert sorted(outcomes(org)) == ["deferred"] + ["delivered"] * 3
         assert peer.connections == 1                       # the connection stayed usable

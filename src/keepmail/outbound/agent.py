@@ -449,10 +449,7 @@ class DeliveryAgent:
                 except Exception:
                     # The rows stay as they were: due again at the next scan.
                     log.exception("recording the outcome of %d deliveries failed", len(batch))
-                    committed = False
                 else:
-                    committed = True
-                if committed:
                     self.delivered += sum(1 for _job, final in batch for r in final
                                           if r.outcome == "delivered")
                 for job, _final in batch:

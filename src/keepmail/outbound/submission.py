@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
-import time
 from collections.abc import Awaitable, Callable, Sequence
-from email.utils import formatdate, getaddresses
+from email.utils import getaddresses
 
 from .. import mailmsg
 from ..inbound import routing
@@ -148,11 +147,11 @@ class SubmissionHandler(Handler):
         if not mailmsg.has_header(message, "Message-ID"):
             added.append(f"Message-ID: <{secrets.token_hex(12)}@{domain}>\r\n".encode())
         if not mailmsg.has_header(message, "Date"):
-            added.append(f"Date: {_now_date()}\r\n".encode())
+            added.append(f"Date: {mailmsg.date_now(gmt=True)}\r\n".encode())
         proto = "ESMTPSA" if session.esmtp else "SMTPSA"
         received = mailmsg.format_field(
             "Received", f"by {session.hostname} (keepmail) with {proto} id "
-            f"{envelope.trace_id}; {_now_date()}")
+            f"{envelope.trace_id}; {mailmsg.date_now(gmt=True)}")
         # Date and Message-ID go at the end of the header block in practice, but
         # prepending is equally valid (RFC 5322 3.6 sets no order) and never
         # touches the user's bytes.
@@ -222,17 +221,6 @@ def _addresses(session: Session, value: str) -> list[str]:
         cache[value] = found
     return list(found)
 
-
-_date_cache: tuple[int, str] = (0, "")
-
-
-def _now_date() -> str:
-    """formatdate(usegmt=True) for now, formatted once per second."""
-    global _date_cache
-    now = time.time()
-    if int(now) != _date_cache[0]:
-        _date_cache = (int(now), formatdate(now, usegmt=True))
-    return _date_cache[1]
 
 
 def owns(conn: sqlite3.Connection, account: Account, address: str) -> bool:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import socket
 import time
 from dataclasses import dataclass, field
-from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .. import mailmsg
 from .reply import Reply
 
 if TYPE_CHECKING:
@@ -92,21 +92,10 @@ class Session:
         ]
         if for_rcpt:
             lines.append(f"\tfor <{for_rcpt}>")
-        lines[-1] += f"; {_date_now()}"
+        lines[-1] += f"; {mailmsg.date_now()}"
         return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace")
 
 
-_date_cache: tuple[int, str] = (0, "")
-
-
-def _date_now() -> str:
-    """RFC 5322 date of this second (formatting one costs more than the rest of the field)."""
-    global _date_cache
-    now = time.time()
-    second = int(now)
-    if _date_cache[0] != second:
-        _date_cache = (second, formatdate(second, localtime=False))
-    return _date_cache[1]
 
 
 class Handler:
