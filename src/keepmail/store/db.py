@@ -116,6 +116,7 @@ class _WalSync:
     def __init__(self, db_path: Path) -> None:
         self.path = Path(f"{db_path}-wal")
         self.shm_path = Path(f"{db_path}-shm")
+        self._shm_fd: int | None = None   # see frames_to_checkpoint
         self._fd: int | None = None
         self._ino = -1
         self._mutex = threading.Lock()
@@ -134,15 +135,19 @@ class _WalSync:
         in the checkpoint info after the two header copies nBackfill, the frames
         already checkpointed, at byte 96. A reading torn by a concurrent writer
         only moves the next checkpoint a little.
+
+        The -shm file is opened once and kept open until `close`: closing any fd
+        of a file drops every POSIX lock this process holds on it, SQLite's locks
+        on -shm included; another process would then think the wal-index unused,
+        reset it, and our mapping of it would fault (SIGBUS, seen in a test).
         """
-        try:
-            fd = os.open(self.shm_path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return 0
-        try:
-            head = os.pread(fd, 100, 0)
-        finally:
-            os.close(fd)
+        with self._mutex:
+            if self._shm_fd is None:
+                try:
+                    self._shm_fd = os.open(self.shm_path, os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    return 0
+            head = os.pread(self._shm_fd, 100, 0)
         if len(head) < 100:
             return 0
         return max(0, _U32.unpack_from(head, 16)[0] - _U32.unpack_from(head, 96)[0])
@@ -170,6 +175,9 @@ class _WalSync:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+            if self._shm_fd is not None:   # after SQLite's connections are closed
+                os.close(self._shm_fd)
+                self._shm_fd = None
 
 
 def _run_one(conn: sqlite3.Connection, fn: WriteFn[Any]) -> Outcome:
