@@ -27,6 +27,7 @@ from keepmail.outbound.mxlookup import DnsClient
 from keepmail.outbound.settings import OutboundSection
 from keepmail.outbound.submission import SubmissionHandler
 from keepmail.recorder import Recorder
+from keepmail.recorder.query import events as recorder_events
 from keepmail.smtp.server import ListenerConfig, SmtpServer
 from keepmail.store import Store, accounts
 from keepmail.store import queue as q  # also registers the queue schema
@@ -155,12 +156,9 @@ class Org:
 
     def events(self, kind: str | None = None) -> list[tuple[str, str, str]]:
         self.recorder.flush()
-        sql = "SELECT trace_id, kind, data FROM events"
-        rows = self.recorder._conn.execute(sql + (" WHERE kind = ?" if kind else "") +
-                                           " ORDER BY id", (kind,) if kind else ()).fetchall()
-        # Data re-encoded in json.dumps' layout, whichever encoder the recorder uses,
-        # so tests can look for '"key": "value"'.
-        return [(r[0], r[1], json.dumps(json.loads(r[2]))) for r in rows]
+        # Data encoded in json.dumps' layout, so tests can look for '"key": "value"'.
+        return [(e["trace_id"], e["kind"], json.dumps(e["data"]))
+                for e in recorder_events(self.recorder._conn, kind)]
 
 
 def make_org(tmp_path: Path, name: str, host: str, domain: str, nameserver: str,

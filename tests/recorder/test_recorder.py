@@ -7,6 +7,7 @@ from pathlib import Path
 
 from keepmail.recorder import Recorder
 from keepmail.recorder.query import TraceFilter, get_trace, open_readonly, search, timeline
+from keepmail.recorder.query import events as recorder_events
 
 
 def test_trace_summary_search_and_timeline(tmp_path: Path) -> None:
@@ -41,7 +42,8 @@ def test_retention_prunes_old_traces(tmp_path: Path) -> None:
     rec.flush()
     with rec._lock:
         rec._pending.events.clear()
-    rec._conn.execute("UPDATE events SET ts = ? WHERE trace_id = ?", (time.time() - 3 * 86400, old))
+    rec._conn.execute("UPDATE event_log SET ts = ? WHERE trace_id = ?",
+                      (time.time() - 3 * 86400, old))
     assert rec.prune() == 1
     rec.close()
     conn = open_readonly(tmp_path / "r.db")
@@ -80,7 +82,7 @@ def test_flush_from_other_threads_while_the_flush_thread_writes(tmp_path: Path,
     assert rec._thread.is_alive()
     rec.close()
     conn = open_readonly(tmp_path / "r.db")
-    assert conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] == counts[0]
+    assert len(recorder_events(conn)) == counts[0]
     assert conn.execute("SELECT COUNT(*) FROM traces").fetchone()[0] == 20
 
 
@@ -104,3 +106,36 @@ def test_trace_written_before_it_ends_is_completed_later(tmp_path: Path,
     assert done["rcpts"] == "a@example.test b@example.test" and done["ip"] == "192.0.2.9"
     assert [r["id"] for r in search(conn, TraceFilter(text="done"))] == [session]
     rec.close()
+
+
+def test_events_of_an_older_recorder_are_regrouped_on_open(tmp_path: Path) -> None:
+    """A recorder file from before event_log (one row per event) keeps its timelines."""
+    import sqlite3
+
+    path = tmp_path / "r.db"
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE events (id INTEGER PRIMARY KEY, trace_id TEXT NOT NULL,
+                             ts REAL NOT NULL, kind TEXT NOT NULL, data TEXT NOT NULL);
+        CREATE INDEX events_trace ON events(trace_id, id);
+        CREATE TABLE traces (n INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE,
+            kind TEXT NOT NULL DEFAULT '', parent TEXT NOT NULL DEFAULT '',
+            started REAL NOT NULL, ended REAL, ip TEXT NOT NULL DEFAULT '',
+            helo TEXT NOT NULL DEFAULT '', account TEXT NOT NULL DEFAULT '',
+            mail_from TEXT NOT NULL DEFAULT '', rcpts TEXT NOT NULL DEFAULT '',
+            message_id TEXT NOT NULL DEFAULT '', subject TEXT NOT NULL DEFAULT '',
+            status TEXT NOT NULL DEFAULT '', detail TEXT NOT NULL DEFAULT '');
+        INSERT INTO traces(id, kind, started) VALUES ('t1', 'message', 100.0);
+        INSERT INTO events(trace_id, ts, kind, data) VALUES
+            ('t1', 100.0, 'connect', '{"ip": "192.0.2.1"}'),
+            ('t1', 100.5, 'delivered', '{"uid": 7}'),
+            ('t1', 100.5, 'smtp', '{"reply": "250 ok"}');
+    """)
+    old.commit()
+    old.close()
+    Recorder(path).close()
+    conn = open_readonly(path)
+    steps = [(e["kind"], e["data"]) for e in timeline(conn, "t1")]
+    assert steps == [("connect", {"ip": "192.0.2.1"}), ("delivered", {"uid": 7}),
+                     ("smtp", {"reply": "250 ok"})]
+    assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'events'").fetchone() is None

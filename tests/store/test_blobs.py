@@ -98,3 +98,35 @@ def test_chunk_order_is_authenticated(tmp_path: Path) -> None:
     with pytest.raises(BlobCorrupt):
         blobs.read(store.db.reader(), store.cipher, msg.blob_id)
     store.close()
+
+
+def test_blob_ids_ascend_are_never_reused_and_skip_taken_ids(tmp_path: Path) -> None:
+    """Small blobs get the next id in sequence (sealed in their transaction); an id
+    stays with its blob forever (header caches key on it), even after the newest blob
+    is deleted; an id already taken by a large blob's random id is skipped."""
+    store, copy = setup_store(tmp_path)
+
+    def blob_of(uid: int) -> int:
+        return store.read_now(lambda c: c.execute(
+            "SELECT blob_id FROM messages WHERE mailbox_id = ? AND uid = ?",
+            (copy.mailbox_id, uid)).fetchone()[0])
+
+    def deliver(body: bytes) -> int:
+        [placed] = asyncio.run(store.deliver(b"Subject: s\r\n\r\n" + body, [copy]))
+        return blob_of(placed.uid)
+
+    first, second = deliver(b"one"), deliver(b"two")
+    assert second == first + 1
+    store.write_sync(lambda c: mailq.expunge(c, copy.mailbox_id, [2]))
+    assert store.read_now(lambda c: c.execute("SELECT COUNT(*) FROM blobs WHERE id = ?",
+                                              (second,)).fetchone()[0]) == 0
+    third = deliver(b"three")
+    assert third == second + 1, "the deleted newest blob's id is not handed out again"
+    # A large blob sealed before its transaction took the next id at random.
+    taken = store.cipher.seal(b"Subject: big\r\n\r\nbig", third + 1)
+    store.write_sync(lambda c: blobs.insert(c, taken, 1, 0.0))
+    fourth = deliver(b"four")
+    assert fourth == third + 2
+    assert asyncio.run(store.read_blob(fourth)).endswith(b"four")
+    assert asyncio.run(store.read_blob(taken.id)).endswith(b"big")
+    store.close()

@@ -98,7 +98,17 @@ def timeline(conn: sqlite3.Connection, trace_id: str) -> list[dict[str, Any]]:
         ids.add(trace["parent"])
     ids |= {r[0] for r in conn.execute("SELECT id FROM traces WHERE parent = ?", (trace_id,))}
     marks = ",".join("?" * len(ids))
-    rows = conn.execute(f"SELECT trace_id, ts, kind, data FROM events WHERE trace_id IN ({marks})"
-                        " ORDER BY ts, id", list(ids))
-    return [{"trace_id": r["trace_id"], "ts": r["ts"], "kind": r["kind"],
-             "data": json.loads(r["data"])} for r in rows]
+    rows = conn.execute(f"SELECT trace_id, events FROM event_log WHERE trace_id IN ({marks})"
+                        " ORDER BY id", list(ids))
+    found = [{"trace_id": r["trace_id"], "ts": ts, "kind": kind, "data": data}
+             for r in rows for ts, kind, data in json.loads(r["events"])]
+    # Stable: events of one time keep the order they were written in.
+    found.sort(key=lambda e: e["ts"])
+    return found
+
+
+def events(conn: sqlite3.Connection, kind: str | None = None) -> list[dict[str, Any]]:
+    """Every event (of one kind), in the order written: for tools and tests."""
+    return [{"trace_id": r[0], "ts": ts, "kind": k, "data": data}
+            for r in conn.execute("SELECT trace_id, events FROM event_log ORDER BY id")
+            for ts, k, data in json.loads(r[1]) if kind is None or k == kind]

@@ -51,14 +51,17 @@ CREATE INDEX IF NOT EXISTS traces_started ON traces(started);
 CREATE INDEX IF NOT EXISTS traces_parent ON traces(parent);
 CREATE INDEX IF NOT EXISTS traces_ip ON traces(ip);
 CREATE INDEX IF NOT EXISTS traces_message_id ON traces(message_id);
-CREATE TABLE IF NOT EXISTS events (
+-- A trace's events as written by one flush: a JSON array of [ts, kind, data]
+-- in the order they happened. One row per trace per flush (most messages: one
+-- row) instead of one per event, as each row costs an insert into the random
+-- trace_id index (measured: about a quarter of the recorder's cost at the MX).
+CREATE TABLE IF NOT EXISTS event_log (
     id INTEGER PRIMARY KEY,
     trace_id TEXT NOT NULL,
     ts REAL NOT NULL,
-    kind TEXT NOT NULL,
-    data TEXT NOT NULL
+    events TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS events_trace ON events(trace_id, id);
+CREATE INDEX IF NOT EXISTS event_log_trace ON event_log(trace_id);
 -- rowid = traces.n, so a trace's text is replaced by rowid, not by a scan.
 CREATE VIRTUAL TABLE IF NOT EXISTS traces_fts USING fts5(body);
 """
@@ -70,12 +73,12 @@ SUMMARY_FIELDS = ("kind", "parent", "ip", "helo", "account", "mail_from", "rcpts
 FLUSH_INTERVAL = 0.2
 
 
-def _encode(data: dict[str, Any]) -> str:
+def _encode(events: list[tuple[float, str, dict[str, Any]]]) -> str:
     # orjson: about 7x faster than json for these small dicts (a busy MX writes ~8 a message).
     try:
-        return orjson.dumps(data, default=str).decode()
+        return orjson.dumps(events, default=str).decode()
     except TypeError:  # e.g. a key that is not a string
-        return _JSON.encode(data)
+        return _JSON.encode(events)
 
 
 # One encoder instance: json.dumps with non-default options builds a new one per call.
@@ -108,6 +111,7 @@ class Recorder:
         self._conn.execute("PRAGMA journal_mode = WAL")
         self._conn.execute("PRAGMA synchronous = NORMAL")
         self._conn.executescript(SCHEMA)
+        _upgrade(self._conn)
         self._lock = threading.Lock()
         # Serializes writers of the one connection: the flush thread, and flush()
         # or prune() called from elsewhere (maintenance, close).
@@ -170,13 +174,12 @@ class Recorder:
             due = self._due(pending.summaries, everything)
             if not pending.events and not due:
                 return
-            encode = _encode
-            rows = [(t, ts, kind, encode(data)) for t, ts, kind, data in pending.events]
             conn = self._conn
             new = [(t, f) for t, f in due.items() if f.get(_NEW)]
+            rows = _group(pending.events)
             with _transaction(conn):
-                conn.executemany("INSERT INTO events(trace_id, ts, kind, data)"
-                                 " VALUES (?, ?, ?, ?)", rows)
+                conn.executemany("INSERT INTO event_log(trace_id, ts, events) VALUES (?, ?, ?)",
+                                 rows)
                 if new:
                     _insert_new(conn, new)
                 for trace_id, fields in due.items():
@@ -215,11 +218,34 @@ class Recorder:
             for start in range(0, len(old), 500):
                 part = old[start:start + 500]
                 marks = ",".join("?" * len(part))
-                self._conn.execute(f"DELETE FROM events WHERE trace_id IN"
+                self._conn.execute(f"DELETE FROM event_log WHERE trace_id IN"
                                    f" (SELECT id FROM traces WHERE n IN ({marks}))", part)
                 self._conn.execute(f"DELETE FROM traces_fts WHERE rowid IN ({marks})", part)
                 self._conn.execute(f"DELETE FROM traces WHERE n IN ({marks})", part)
         return len(old)
+
+
+def _group(events: list[tuple[str, float, str, dict[str, Any]]]) -> list[tuple[str, float, str]]:
+    """event_log rows: each trace's events, in order, as one JSON array."""
+    groups: dict[str, list[tuple[float, str, dict[str, Any]]]] = {}
+    for trace_id, ts, kind, data in events:
+        group = groups.get(trace_id)
+        if group is None:
+            groups[trace_id] = group = []
+        group.append((ts, kind, data))
+    return [(trace_id, group[0][0], _encode(group)) for trace_id, group in groups.items()]
+
+
+def _upgrade(conn: sqlite3.Connection) -> None:
+    """Recorders before event_log kept one `events` row per event: regroup them once."""
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'events'").fetchone():
+        return
+    with _transaction(conn):
+        conn.execute(
+            "INSERT INTO event_log(trace_id, ts, events)"
+            " SELECT trace_id, min(ts), json_group_array(json_array(ts, kind, json(data)))"
+            " FROM (SELECT * FROM events ORDER BY trace_id, ts, id) GROUP BY trace_id")
+        conn.execute("DROP TABLE events")
 
 
 class _transaction:

@@ -44,6 +44,12 @@ SCHEMA = [
         PRIMARY KEY (blob_id, idx)
     )
     """,
+    # Ids for blobs sealed inside their transaction: ascending and never reused
+    # (caches key decrypted headers by blob id, so an id must name one blob forever).
+    """
+    CREATE TABLE blob_ids (next INTEGER NOT NULL);
+    INSERT INTO blob_ids(next) SELECT coalesce(max(id), 0) + 1 FROM blobs
+    """,
 ]
 
 
@@ -85,17 +91,33 @@ class SealedBlob:
     chunks: list[bytes]
 
 
+@dataclass(frozen=True)
+class PlainBlob:
+    """Bytes to be sealed inside the writing transaction, under the next id in sequence.
+
+    Sequential ids put consecutive messages on the same last pages of the blob
+    tables and of messages' blob index; a random id dirtied pages of its own
+    (measured at the MX: 18 -> 14 writes per message, fewer WAL bytes to fsync).
+    """
+
+    data: bytes
+    cipher: BlobCipher
+
+
 class BlobCipher:
     """Seals and opens chunks with the storage key."""
 
     def __init__(self, key: bytes) -> None:
         self._aead = AESGCM(key)
 
-    def seal(self, data: bytes) -> SealedBlob:
-        # One draw gives the blob id (62 bits) and the first nonce: most blobs
-        # are one chunk, and each draw costs a few microseconds.
+    def seal(self, data: bytes, blob_id: int | None = None) -> SealedBlob:
+        """Encrypt under blob_id, or under a random 62-bit id drawn here (for a blob
+        sealed before its transaction, off the event loop)."""
+        # One draw gives the first nonce and the id if needed: most blobs are one
+        # chunk, and each draw costs a few microseconds.
         fresh = ids.random_bytes(8 + NONCE_SIZE)
-        blob_id = (int.from_bytes(fresh[:8], "big") >> 2) + 1
+        if blob_id is None:
+            blob_id = (int.from_bytes(fresh[:8], "big") >> 2) + 1
         count = max(1, -(-len(data) // CHUNK_SIZE))
         chunks = []
         for idx in range(count):
@@ -113,11 +135,26 @@ class BlobCipher:
             raise BlobCorrupt(f"blob {blob_id} chunk {idx} failed authentication") from exc
 
 
-def insert(conn: sqlite3.Connection, blob: SealedBlob, refs: int, now: float) -> None:
-    conn.execute("INSERT INTO blobs(id, size, refs, created) VALUES (?, ?, ?, ?)",
-                 (blob.id, blob.size, refs, now))
+def insert(conn: sqlite3.Connection, blob: SealedBlob | PlainBlob, refs: int,
+           now: float) -> SealedBlob:
+    """Store a blob with `refs` references; returns it sealed (with its id)."""
+    if isinstance(blob, PlainBlob):
+        while True:
+            blob_id = conn.execute("UPDATE blob_ids SET next = next + 1"
+                                   " RETURNING next - 1").fetchone()[0]
+            # Taken only by a random id of a large blob (odds ~1e-10): take the next.
+            if conn.execute("INSERT OR IGNORE INTO blobs(id, size, refs, created)"
+                            " VALUES (?, ?, ?, ?)", (blob_id, len(blob.data), refs, now)
+                            ).rowcount:
+                break
+        sealed = blob.cipher.seal(blob.data, blob_id)
+    else:
+        sealed = blob
+        conn.execute("INSERT INTO blobs(id, size, refs, created) VALUES (?, ?, ?, ?)",
+                     (sealed.id, sealed.size, refs, now))
     conn.executemany("INSERT INTO blob_chunks(blob_id, idx, data) VALUES (?, ?, ?)",
-                     [(blob.id, i, c) for i, c in enumerate(blob.chunks)])
+                     [(sealed.id, i, c) for i, c in enumerate(sealed.chunks)])
+    return sealed
 
 
 def add_refs(conn: sqlite3.Connection, blob_id: int, count: int) -> None:

@@ -102,12 +102,13 @@ def quota_bytes(conn: sqlite3.Connection, account_id: int) -> int:
 
 
 def append_sealed(conn: sqlite3.Connection, mailbox_id: int,
-                  items: Sequence[tuple[blobs.SealedBlob, frozenset[str], float]],
+                  items: Sequence[tuple[blobs.SealedBlob | blobs.PlainBlob, frozenset[str],
+                                        float]],
                   now: float) -> list[int]:
-    """Insert sealed blobs as new messages; returns their UIDs (in order)."""
+    """Insert blobs (from Store.seal) as new messages; returns their UIDs (in order)."""
     new: list[int] = []
-    for sealed, flags, when in items:
-        blobs.insert(conn, sealed, 1, now)
+    for blob, flags, when in items:
+        sealed = blobs.insert(conn, blob, 1, now)
         uid, _ = mail.add_message(conn, mailbox_id, sealed.id, sealed.size, flags=flags,
                                   internaldate=when)
         new.append(uid)

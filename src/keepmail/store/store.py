@@ -84,10 +84,12 @@ class Store:
         return self.db.read_now(fn)
 
     # -- messages -------------------------------------------------------------
-    async def seal(self, raw: bytes) -> blobs.SealedBlob:
+    async def seal(self, raw: bytes) -> blobs.SealedBlob | blobs.PlainBlob:
+        """Prepare bytes for blobs.insert: a large blob is encrypted now, in a thread;
+        a small one is encrypted inside its transaction (then its id is sequential)."""
         if len(raw) > _THREAD_SEAL_SIZE:
             return await asyncio.to_thread(self.cipher.seal, raw)
-        return self.cipher.seal(raw)
+        return blobs.PlainBlob(raw, self.cipher)
 
     async def deliver(self, raw: bytes, copies: Iterable[Copy], *, trace_id: str = "",
                       message_id: str = "", internaldate: float | None = None,
@@ -99,11 +101,11 @@ class Store:
         `extra(conn, blob_id)` runs in the same transaction (e.g. queue rows).
         """
         copies = list(copies)
-        sealed = await self.seal(raw)
+        blob = await self.seal(raw)
         when = internaldate or time.time()
 
         def txn(conn: sqlite3.Connection) -> list[Placement]:
-            blobs.insert(conn, sealed, len(copies), when)
+            sealed = blobs.insert(conn, blob, len(copies), when)
             placed = []
             for c in copies:
                 uid, _ = mail.add_message(conn, c.mailbox_id, sealed.id, sealed.size,
@@ -121,11 +123,10 @@ class Store:
     async def store_blob(self, raw: bytes, refs: int,
                          extra: Callable[[sqlite3.Connection, int], T]) -> T:
         """Store an encrypted blob with `refs` references taken by `extra` in one transaction."""
-        sealed = await self.seal(raw)
+        blob = await self.seal(raw)
 
         def txn(conn: sqlite3.Connection) -> T:
-            blobs.insert(conn, sealed, refs, time.time())
-            return extra(conn, sealed.id)
+            return extra(conn, blobs.insert(conn, blob, refs, time.time()).id)
 
         return await self.db.write(txn)
 

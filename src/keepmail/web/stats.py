@@ -57,11 +57,12 @@ def summary(conn: sqlite3.Connection, since: float) -> Summary:
 
 
 def _verdicts(conn: sqlite3.Connection, since: float) -> list[tuple[str, int]]:
-    # Through the traces' time index, then each trace's events: no events table scan.
+    # Through the traces' time index, then each trace's events: no event log scan.
     return [(r[0], r[1]) for r in conn.execute(
-        "SELECT json_extract(e.data, '$.action'), COUNT(*) FROM traces t"
-        " JOIN events e ON e.trace_id = t.id WHERE t.kind = 'message' AND t.started >= ?"
-        " AND e.kind = 'verdict' GROUP BY 1", (since,))]
+        "SELECT json_extract(v.value, '$[2].action'), COUNT(*) FROM traces t"
+        " JOIN event_log e ON e.trace_id = t.id, json_each(e.events) v"
+        " WHERE t.kind = 'message' AND t.started >= ?"
+        " AND json_extract(v.value, '$[1]') = 'verdict' GROUP BY 1", (since,))]
 
 
 _NUMBERS = re.compile(r"\b\d+(?:\.\d+)*\b")
@@ -111,9 +112,10 @@ def _window(conn: sqlite3.Connection, start: float, end: float) -> dict[str, int
         " SUM(kind = 'delivery' AND status = 'delivered')"
         " FROM traces WHERE started >= ? AND started < ?", (start, end)).fetchone()
     junk = conn.execute(
-        "SELECT COUNT(*) FROM traces t JOIN events e ON e.trace_id = t.id"
-        " WHERE t.kind = 'message' AND t.started >= ? AND t.started < ? AND e.kind = 'verdict'"
-        " AND json_extract(e.data, '$.action') IN ('junk', 'quarantine')", (start, end)
+        "SELECT COUNT(*) FROM traces t JOIN event_log e ON e.trace_id = t.id,"
+        " json_each(e.events) v WHERE t.kind = 'message' AND t.started >= ? AND t.started < ?"
+        " AND json_extract(v.value, '$[1]') = 'verdict'"
+        " AND json_extract(v.value, '$[2].action') IN ('junk', 'quarantine')", (start, end)
     ).fetchone()[0]
     return {"received": row[0] or 0, "rejected": row[1] or 0, "sent": row[2] or 0,
             "junk": junk or 0}
