@@ -241,3 +241,37 @@ def test_loop_writes_are_checkpointed_off_the_loop_and_the_wal_stays_bounded(
     conn = connect(tmp_path / "keepmail.db")
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
+
+
+@pytest.mark.parametrize("inline_below", [0.0, 1.0])
+def test_loop_commits_fsync_inline_only_while_fsyncs_are_fast(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              inline_below: float) -> None:
+    """A fast disk's fsync runs on the event loop (a thread hand-off costs more); a slow
+    one's on the sync thread, so the loop keeps serving. Either way the writer resumes
+    only after its fsync."""
+    import threading
+
+    import keepmail.store.db as dbmod
+
+    monkeypatch.setattr(dbmod, "INLINE_SYNC_SECONDS", inline_below)
+    store = Store.open(tmp_path)
+    synced_on: list[str] = []
+    real_sync = store.db._wal.sync
+
+    def sync() -> None:
+        real_sync()
+        synced_on.append(threading.current_thread().name)
+
+    monkeypatch.setattr(store.db._wal, "sync", sync)
+
+    async def writes() -> None:
+        for i in range(5):
+            await store.write(lambda c, i=i: c.execute(
+                "INSERT INTO counters(name, value) VALUES (?, 1)", (f"s{i}",)))
+            assert len(synced_on) == i + 1, "resumed before its fsync"
+
+    asyncio.run(writes())
+    store.close()
+    expected = "MainThread" if inline_below else "db-sync"
+    assert all(name.startswith(expected) for name in synced_on), synced_on

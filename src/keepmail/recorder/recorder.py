@@ -86,8 +86,15 @@ _JSON = json.JSONEncoder(default=str, ensure_ascii=False)
 
 
 def new_trace_id() -> str:
-    """Short, unique, URL- and header-safe."""
-    return ids.token_hex(8)
+    """Unique, URL- and header-safe, and ascending by the second.
+
+    8 hex digits of Unix time, then 12 random ones. Ascending ids put a flush's
+    new traces on the last pages of the indexes on trace ids (the traces' own,
+    the event log's, parents'); random ids dirtied a page each, and writing those
+    pages was a third of the recorder's cost at the MX. Two ids of one second
+    collide with odds n^2 / 2^49: at 1,000 a second, once in about 18 years.
+    """
+    return f"{int(time.time()):08x}{ids.token_hex(6)}"
 
 
 # A trace's summary is written once it ends, or after this many seconds for

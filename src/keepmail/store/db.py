@@ -38,6 +38,7 @@ import queue
 import sqlite3
 import struct
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -58,6 +59,13 @@ MAX_BATCH = 256
 # on the MX); the sync thread starts a checkpoint on a thread of its own once
 # this many WAL frames wait to be copied (SQLite's automatic default: 1000).
 CHECKPOINT_FRAMES = 1000
+
+# A loop commit's fsync runs on the event loop itself while fsyncs take less
+# than this (on average): handing a 0.15 ms fsync to the sync thread and back
+# cost more CPU than the fsync (thread wake-ups; MX CPU per message -8 % with
+# it inline, bench/mx_bench.py). Slower storage gets the sync thread, so the
+# loop serves sessions while the disk works.
+INLINE_SYNC_SECONDS = 0.0005
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -235,6 +243,7 @@ class Database:
         self._loop_jobs: list[tuple[WriteFn[Any], asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-sync")
+        self._sync_seconds = 0.0  # recent fsync time, see INLINE_SYNC_SECONDS
         self._checkpointer = ThreadPoolExecutor(max_workers=1,
                                                 thread_name_prefix="db-checkpoint")
         self._checkpointing = False
@@ -292,7 +301,7 @@ class Database:
                 outcomes = await self._commit_on_loop(loop, [fn for fn, _ in batch])
                 if isinstance(outcomes, BaseException):
                     raise outcomes
-                sync = loop.run_in_executor(self._syncer, self._sync_loop_batch)
+                sync = self._sync_after_commit(loop)
             except BaseException as exc:  # not committed, or not known to be durable
                 for _, fut in batch:
                     if not fut.done():
@@ -320,9 +329,25 @@ class Database:
         self.writes += len(fns)
         return outcomes
 
+    def _sync_after_commit(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+        if self._sync_seconds >= INLINE_SYNC_SECONDS:
+            return loop.run_in_executor(self._syncer, self._sync_loop_batch)
+        done: asyncio.Future[None] = loop.create_future()
+        try:
+            self._sync_loop_batch()
+        except OSError as exc:
+            done.set_exception(exc)
+        else:
+            done.set_result(None)
+        return done
+
     def _sync_loop_batch(self) -> None:
-        """On the sync thread: make the loop's last commit durable; checkpoint when due."""
+        """Make the loop's last commit durable (on the loop or the sync thread);
+        start a checkpoint when one is due."""
+        start = time.monotonic()
         self._wal.sync()
+        # A moving average: one slow fsync (a journal commit) does not switch over.
+        self._sync_seconds += (time.monotonic() - start - self._sync_seconds) / 8
         if (not self._checkpointing and not self._closed
                 and self._wal.frames_to_checkpoint() > CHECKPOINT_FRAMES):
             self._checkpointing = True
