@@ -12,6 +12,7 @@ from email.header import decode_header, make_header
 from email.utils import formatdate
 
 _FIELD_CACHE: dict[str, re.Pattern[bytes]] = {}
+_UNFOLD = re.compile(rb"\r?\n[ \t]")
 
 
 def header_block(raw: bytes) -> bytes:
@@ -43,7 +44,8 @@ def raw_header(raw: bytes, name: str, headers: bytes | None = None) -> bytes | N
             end = len(block) if nl < 0 else nl
             break
         end = nl + 1
-    return re.sub(rb"\r?\n[ \t]", b" ", block[start:end]).strip()
+    value = block[start:end]
+    return (_UNFOLD.sub(b" ", value) if b"\n" in value else value).strip()
 
 
 def _loose_pattern(name: str) -> re.Pattern[bytes]:

@@ -152,8 +152,13 @@ def insert(conn: sqlite3.Connection, blob: SealedBlob | PlainBlob, refs: int,
         sealed = blob
         conn.execute("INSERT INTO blobs(id, size, refs, created) VALUES (?, ?, ?, ?)",
                      (sealed.id, sealed.size, refs, now))
-    conn.executemany("INSERT INTO blob_chunks(blob_id, idx, data) VALUES (?, ?, ?)",
-                     [(sealed.id, i, c) for i, c in enumerate(sealed.chunks)])
+    chunks = sealed.chunks
+    if len(chunks) == 1:  # most mail
+        conn.execute("INSERT INTO blob_chunks(blob_id, idx, data) VALUES (?, 0, ?)",
+                     (sealed.id, chunks[0]))
+    else:
+        conn.executemany("INSERT INTO blob_chunks(blob_id, idx, data) VALUES (?, ?, ?)",
+                         [(sealed.id, i, c) for i, c in enumerate(chunks)])
     return sealed
 
 
