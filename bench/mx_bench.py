@@ -10,7 +10,11 @@ ARC, reverse DNS; DNS served on loopback) and the content classifier off (plain
 acceptance, as Postfix does here) and on; then the latency they add per message
 in one session is printed.
 
-    python bench/mx_bench.py [--messages 5000] [--sessions 20] [--size 1024]
+    python bench/mx_bench.py [--messages 5000] [--sessions 20] [--size 1024] [--rounds 1]
+
+--rounds N repeats the plain runs and Postfix's, alternating, and prints the median
+ratios: Postfix fsyncs each message, and on a VM disk its rate moved from 540 to 1,060
+msg/s between runs minutes apart; one round's ratio can mislead.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -136,18 +141,30 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     from tests.support.server import shared_dns
 
     shared_dns().set_zone(SENDER_ZONE)  # served from this process, not keepmail's
     cores = os.cpu_count() or 1
-    args.checks, args.processes = False, 1
-    single = run_one("keepmail (plain, 1 proc)", keepmail_run, args)
-    args.processes = 0
-    plain = run_one(f"keepmail (plain, {cores} proc)", keepmail_run, args)
-    args.checks = True
-    full = run_one(f"keepmail (checks, {cores} proc)", keepmail_run, args)
-    postfix = run_one("postfix", postfix_run, args)
+    singles, plains, postfixes = [], [], []
+    full = 0.0
+    for round_ in range(args.rounds):
+        args.checks, args.processes = False, 1
+        singles.append(run_one("keepmail (plain, 1 proc)", keepmail_run, args))
+        args.processes = 0
+        plains.append(run_one(f"keepmail (plain, {cores} proc)", keepmail_run, args))
+        if round_ == 0:
+            args.checks = True
+            full = run_one(f"keepmail (checks, {cores} proc)", keepmail_run, args)
+        postfixes.append(run_one("postfix", postfix_run, args))
+    single, plain = statistics.median(singles), statistics.median(plains)
+    postfix = statistics.median(postfixes)
+    if args.rounds > 1:
+        print(f"medians of {args.rounds} rounds: keepmail 1 proc {single:.0f}, "
+              f"{cores} proc {plain:.0f}, postfix {postfix:.0f} msg/s; per-round ratios "
+              f"(one per core / postfix): "
+              + " ".join(f"{p / f:.2f}" for p, f in zip(plains, postfixes, strict=True)))
     print(f"ratio keepmail plain, mx_processes = 1 / postfix: {single / postfix:.2f}x")
     print(f"ratio keepmail plain, mx_processes = 0 (one per core) / postfix: "
           f"{plain / postfix:.2f}x")
