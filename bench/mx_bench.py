@@ -125,6 +125,9 @@ SENDER_ZONE = {
 
 
 def run_one(name: str, run: object, args: argparse.Namespace) -> float:
+    # The previous run's files are still being written back: each run starts on a
+    # settled disk, or the fsync-per-message side (Postfix) pays for the other's data.
+    os.sync()
     with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
         seconds, stored, *cpu = run(Path(tmp), args)  # type: ignore[operator]
     rate = args.messages / seconds
