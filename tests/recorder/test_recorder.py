@@ -139,3 +139,27 @@ def test_events_of_an_older_recorder_are_regrouped_on_open(tmp_path: Path) -> No
     assert steps == [("connect", {"ip": "192.0.2.1"}), ("delivered", {"uid": 7}),
                      ("smtp", {"reply": "250 ok"})]
     assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'events'").fetchone() is None
+
+
+def test_a_repeated_trace_id_loses_one_summary_not_the_flush(tmp_path: Path,
+                                                             monkeypatch: object) -> None:
+    import keepmail.recorder.recorder as recmod
+
+    rec = Recorder(tmp_path / "r.db")
+    ids = iter(["6744f3a1aaaaaaaaaaaaaa", "6744f3a1aaaaaaaaaaaaaa", "6744f3a1bbbbbbbbbbbbbb"])
+    monkeypatch.setattr(recmod, "new_trace_id", lambda: next(ids))  # type: ignore[attr-defined]
+    first = rec.new_trace("message", subject="first")
+    rec.event(first, "delivered")
+    rec.update(first, ended=time.time())
+    rec.flush()
+    again = rec.new_trace("message", subject="again")
+    other = rec.new_trace("message", subject="other")
+    rec.event(other, "delivered")
+    rec.update(again, ended=time.time())
+    rec.update(other, ended=time.time())
+    rec.flush()
+    rec.close()
+    conn = open_readonly(tmp_path / "r.db")
+    assert get_trace(conn, first)["subject"] == "first"  # type: ignore[index]
+    assert get_trace(conn, other)["subject"] == "other"  # type: ignore[index]
+    assert [e["kind"] for e in timeline(conn, other)] == ["delivered"]

@@ -88,13 +88,14 @@ _JSON = json.JSONEncoder(default=str, ensure_ascii=False)
 def new_trace_id() -> str:
     """Unique, URL- and header-safe, and ascending by the second.
 
-    8 hex digits of Unix time, then 12 random ones. Ascending ids put a flush's
+    8 hex digits of Unix time, then 14 random ones. Ascending ids put a flush's
     new traces on the last pages of the indexes on trace ids (the traces' own,
     the event log's, parents'); random ids dirtied a page each, and writing those
-    pages was a third of the recorder's cost at the MX. Two ids of one second
-    collide with odds n^2 / 2^49: at 1,000 a second, once in about 18 years.
+    pages was a third of the recorder's cost at the MX. Ids of one second collide
+    with odds n^2 / 2^57: at 10,000 traces a second, once in about 45 years (and
+    then the second trace's summary is dropped, not the flush: see _INSERT_NEW).
     """
-    return f"{int(time.time()):08x}{ids.token_hex(6)}"
+    return f"{int(time.time()):08x}{ids.token_hex(7)}"
 
 
 # A trace's summary is written once it ends, or after this many seconds for
@@ -285,7 +286,9 @@ def _merge_fields(current: dict[str, Any], summary: dict[str, Any]) -> None:
 
 
 _NEW_COLUMNS = ("id", "started", *SUMMARY_FIELDS)
-_INSERT_NEW = (f"INSERT INTO traces({', '.join(_NEW_COLUMNS)})"
+# OR IGNORE: a repeated trace id (see new_trace_id) loses that trace's summary, not
+# the whole flush.
+_INSERT_NEW = (f"INSERT OR IGNORE INTO traces({', '.join(_NEW_COLUMNS)})"
                f" VALUES ({', '.join('?' * len(_NEW_COLUMNS))})")
 # The same text _merge_summary indexes, built by SQLite for many rows at once.
 _FTS_NEW = ("INSERT INTO traces_fts(rowid, body) SELECT n, "
