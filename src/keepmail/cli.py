@@ -513,7 +513,15 @@ def _recorder_conn(config_path: Path) -> Any:
     path = cfg.data_dir / "recorder.db"
     if not path.exists():
         raise click.ClickException(f"no flight recorder data yet in {cfg.data_dir}")
-    return open_readonly(path)
+    conn = open_readonly(path)
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'events'").fetchone():
+        # Written by an older keepmail: opening it for writing regroups its events.
+        from .recorder import Recorder
+
+        conn.close()
+        Recorder(path).close()
+        conn = open_readonly(path)
+    return conn
 
 
 @log.command("search")

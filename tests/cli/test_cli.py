@@ -135,6 +135,15 @@ def test_log_search_and_show_after_delivery(initialized: Path) -> None:
         assert server.terminate() == 0
 
 
+def test_log_show_reads_an_older_recorder_file(initialized: Path) -> None:
+    """`keepmail log` on data from before event_log (server not started since)."""
+    from tests.recorder.test_recorder import write_old_recorder
+
+    write_old_recorder(initialized.parent / "recorder.db")
+    shown = km("log", "show", "--config", str(initialized), "t1").stdout
+    assert "connect" in shown and "delivered" in shown and "250 ok" in shown
+
+
 def test_demo_runs_and_explains_itself(tmp_path: Path) -> None:
     offset = free_port_offset()
     proc = subprocess.Popen([sys.executable, "-m", "keepmail.cli", "demo", "--data",

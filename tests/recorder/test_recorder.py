@@ -108,11 +108,10 @@ def test_trace_written_before_it_ends_is_completed_later(tmp_path: Path,
     rec.close()
 
 
-def test_events_of_an_older_recorder_are_regrouped_on_open(tmp_path: Path) -> None:
-    """A recorder file from before event_log (one row per event) keeps its timelines."""
+def write_old_recorder(path: Path) -> None:
+    """A recorder file as keepmail wrote it before event_log: one row per event."""
     import sqlite3
 
-    path = tmp_path / "r.db"
     old = sqlite3.connect(path)
     old.executescript("""
         CREATE TABLE events (id INTEGER PRIMARY KEY, trace_id TEXT NOT NULL,
@@ -133,6 +132,12 @@ def test_events_of_an_older_recorder_are_regrouped_on_open(tmp_path: Path) -> No
     """)
     old.commit()
     old.close()
+
+
+def test_events_of_an_older_recorder_are_regrouped_on_open(tmp_path: Path) -> None:
+    """A recorder file from before event_log keeps its timelines."""
+    path = tmp_path / "r.db"
+    write_old_recorder(path)
     Recorder(path).close()
     conn = open_readonly(path)
     steps = [(e["kind"], e["data"]) for e in timeline(conn, "t1")]
