@@ -574,7 +574,8 @@ def log_show(config_path: Path, trace_id: str) -> None:
     for ev in timeline(conn, trace_id):
         data = " ".join(f"{k}={v}" for k, v in ev["data"].items() if v is not None)
         data = data.replace("\r", "").replace("\n", " | ")
-        click.echo(f"{_when(ev['ts'])}.{int(ev['ts'] * 1000) % 1000:03d} {ev['trace_id'][:8]} "
+        # The id's end: its start is the time, the same for a session and its first message.
+        click.echo(f"{_when(ev['ts'])}.{int(ev['ts'] * 1000) % 1000:03d} {ev['trace_id'][-8:]} "
                    f"{ev['kind']:<10} {data}")
 
 
