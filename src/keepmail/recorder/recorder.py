@@ -248,12 +248,15 @@ def _upgrade(conn: sqlite3.Connection) -> None:
     """Recorders before event_log kept one `events` row per event: regroup them once."""
     if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'events'").fetchone():
         return
-    with _transaction(conn):
-        conn.execute(
-            "INSERT INTO event_log(trace_id, ts, events)"
-            " SELECT trace_id, min(ts), json_group_array(json_array(ts, kind, json(data)))"
-            " FROM (SELECT * FROM events ORDER BY trace_id, ts, id) GROUP BY trace_id")
-        conn.execute("DROP TABLE events")
+    try:
+        with _transaction(conn):
+            conn.execute(
+                "INSERT INTO event_log(trace_id, ts, events)"
+                " SELECT trace_id, min(ts), json_group_array(json_array(ts, kind, json(data)))"
+                " FROM (SELECT * FROM events ORDER BY trace_id, ts, id) GROUP BY trace_id")
+            conn.execute("DROP TABLE events")
+    except sqlite3.Error as exc:  # e.g. a damaged row: old timelines stay unread, not the server
+        log.warning("flight recorder: could not regroup older events: %s", exc)
 
 
 class _transaction:
