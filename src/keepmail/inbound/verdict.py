@@ -48,19 +48,18 @@ class Verdict:
         self.rules.extend(rules)
 
     def decide(self, thresholds: Thresholds) -> Verdict:
-        self.score = round(sum(rule.points for rule in self.rules), 2)
-        by_score = Action.INBOX
-        if self.score >= thresholds.reject:
-            by_score = Action.REJECT
-        elif self.score >= thresholds.quarantine:
-            by_score = Action.QUARANTINE
-        elif self.score >= thresholds.junk:
-            by_score = Action.JUNK
-        forced = [r.force for r in self.rules if r.force is not None]
-        self.action = max([by_score, *forced])
+        rules = self.rules
+        self.score = round(sum(rule.points for rule in rules), 2) if rules else 0.0
+        action = _by_score(self.score, thresholds)
+        for rule in rules:
+            if rule.force is not None and rule.force > action:
+                action = rule.force
+        self.action = action
         return self
 
     def header_value(self) -> str:
+        if not self.rules:
+            return f"{self.action.name.lower()} score={self.score:g}"
         reasons = "; ".join(f"{r.name}={r.points:+g}" + (f" [{r.note}]" if r.note else "")
                             for r in self.rules if r.points or r.force or r.note)
         text = f"{self.action.name.lower()} score={self.score:g}"
@@ -69,3 +68,13 @@ class Verdict:
     def reasons(self) -> list[dict[str, object]]:
         return [{"rule": r.name, "points": r.points, "reason": r.reason,
                  **({"force": r.force.name.lower()} if r.force else {})} for r in self.rules]
+
+
+def _by_score(score: float, thresholds: Thresholds) -> Action:
+    if score >= thresholds.reject:
+        return Action.REJECT
+    if score >= thresholds.quarantine:
+        return Action.QUARANTINE
+    if score >= thresholds.junk:
+        return Action.JUNK
+    return Action.INBOX
