@@ -143,7 +143,7 @@ class Recorder:
         summary[_NEW] = True  # not in the database yet: written without looking it up
         with self._lock:
             pending = self._pending.summaries
-            if trace_id in pending:  # pragma: no cover (a 64-bit id repeated)
+            if trace_id in pending:  # pragma: no cover (an id repeated: see new_trace_id)
                 _merge_fields(pending[trace_id], summary)
             else:
                 pending[trace_id] = summary
@@ -184,15 +184,15 @@ class Recorder:
                 return
             conn = self._conn
             new = [(t, f) for t, f in due.items() if f.get(_NEW)]
+            known = [(t, f) for t, f in due.items() if not f.get(_NEW)]
             rows = _group(pending.events)
             with _transaction(conn):
                 conn.executemany("INSERT INTO event_log(trace_id, ts, events) VALUES (?, ?, ?)",
                                  rows)
                 if new:
                     _insert_new(conn, new)
-                for trace_id, fields in due.items():
-                    if not fields.get(_NEW):
-                        _merge_summary(conn, trace_id, fields)
+                for trace_id, fields in known:
+                    _merge_summary(conn, trace_id, fields)
 
     def _due(self, fresh: dict[str, dict[str, Any]], everything: bool) -> dict[str, dict[str, Any]]:
         now = time.time()
@@ -315,8 +315,8 @@ def _insert_new(conn: sqlite3.Connection, new: list[tuple[str, dict[str, Any]]])
 
 
 def _merge_summary(conn: sqlite3.Connection, trace_id: str, fields: dict[str, Any]) -> None:
-    row = None if fields.get(_NEW) else conn.execute(
-        "SELECT * FROM traces WHERE id = ?", (trace_id,)).fetchone()
+    """Merge a summary into its trace's row (made now if the trace has none yet)."""
+    row = conn.execute("SELECT * FROM traces WHERE id = ?", (trace_id,)).fetchone()
     current: dict[str, Any] = dict(row) if row else {
         "id": trace_id, "started": fields.get("started", time.time())}
     changes = {k: fields[k] for k in SUMMARY_FIELDS if k in fields and k != "rcpts"}
