@@ -71,6 +71,27 @@ def test_nxdomain_nodata_temp_and_bad_names(dns_server: DnsServer, res: Resolver
         run(res.ptr("not-an-ip"))
 
 
+def test_answers_are_cached_for_their_ttl(dns_server: DnsServer) -> None:
+    dns_server.set_zone({"short.test": [("TXT", "v=one")]})
+    dns_server.replace("short.test", "TXT", "v=one", ttl=1)
+    res = Resolver([dns_server.nameserver], timeout=0.2, lifetime=0.5)
+
+    async def go() -> None:
+        first = await res.txt("short.test")
+        asked = len(dns_server.queries)
+        again = await res.txt("SHORT.test.")  # names are case-insensitive
+        assert again == ["v=one"] and len(dns_server.queries) == asked
+        again.append("changed by a caller")   # callers get their own lists
+        assert await res.txt("short.test") == first == ["v=one"]
+        assert res.queries == 3               # cache hits are counted as questions
+        dns_server.replace("short.test", "TXT", "v=two", ttl=1)
+        await asyncio.sleep(1.2)              # past the TTL: asked again
+        assert await res.txt("short.test") == ["v=two"]
+        assert len(dns_server.queries) > asked
+
+    run(go())
+
+
 def test_nameserver_specs() -> None:
     assert parse_nameserver("127.0.0.1") == ("127.0.0.1", 53)
     assert parse_nameserver("127.0.0.1:5353") == ("127.0.0.1", 5353)

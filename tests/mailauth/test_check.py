@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from keepmail.mailauth.check import check_message
+from keepmail.mailauth.spf import SpfResult
 from tests.mailauth.helpers import MESSAGE, key_zone, resolver, run, sign_ed, sign_rsa
 from tests.support.dnsserver import DnsServer
 
@@ -36,6 +37,17 @@ def test_forged_mail_fails_dmarc_with_reject(dns_server: DnsServer) -> None:
     assert (rep.spf.result, rep.spf.identity, rep.dkim_result) == ("none", "helo", "none")
     assert (rep.dmarc.result, rep.dmarc.policy) == ("fail", "reject")
     assert "dmarc=fail" in rep.header and "dkim=none" in rep.header
+
+
+def test_spf_found_at_mail_from_is_not_asked_again(dns_server: DnsServer) -> None:
+    dns_server.set_zone(ZONE)
+    known = SpfResult("pass", "matched ip4:192.0.2.0/24", "example.test", "mailfrom")
+    rep = run(check_message(sign_rsa(MESSAGE), client_ip="192.0.2.5", helo="mta.example.test",
+                            mail_from="bounce@example.test", resolver=resolver(dns_server),
+                            authserv_id="mx.ours.test", spf=known))
+    assert rep.spf is known and rep.dmarc.result == "pass" and "spf=pass" in rep.header
+    asked = [(name, rtype) for name, rtype, _ in dns_server.queries]
+    assert ("_dmarc.example.test", "TXT") in asked and ("example.test", "TXT") not in asked
 
 
 def test_stuck_dns_is_bounded(dns_server: DnsServer) -> None:

@@ -84,7 +84,8 @@ class AuthChecks:
         ctx.message = authresults.remove_ours(ctx.message, self.authserv_id)
         report = await check_message(ctx.message, client_ip=s.peer_ip, helo=s.helo,
                                      mail_from=env.sender.address, resolver=self.resolver,
-                                     authserv_id=self.authserv_id, deadline=self.deadline)
+                                     authserv_id=self.authserv_id, deadline=self.deadline,
+                                     spf=env.notes.get("spf"))
         ctx.headers.append(f"Authentication-Results: {report.header}\r\n".encode())
         ctx.auth_results = report.header
         dm = report.dmarc

@@ -52,9 +52,11 @@ class AuthReport:
 async def _bounded(name: str, coro: Awaitable[T], deadline: float, fallback: T,
                    timed_out: list[str]) -> T:
     """Await `coro` until the absolute loop time `deadline`; `fallback` after it."""
-    remaining = deadline - asyncio.get_running_loop().time()
     try:
-        return await asyncio.wait_for(coro, max(remaining, 0.001))
+        # timeout_at, not wait_for: wait_for wraps the check in a task of its own,
+        # and gather has made one already.
+        async with asyncio.timeout_at(deadline):
+            return await coro
     except TimeoutError:
         timed_out.append(name)
         return fallback
@@ -75,6 +77,10 @@ def _error_like(fallback: Any, reason: str) -> Any:
     return fallback
 
 
+async def _known(result: SpfResult) -> SpfResult:
+    return result
+
+
 def _spf_identity(mail_from: str, helo: str) -> tuple[str, str]:
     addr = mail_from.strip("<>")
     return ("mailfrom", addr.rpartition("@")[2]) if addr else ("helo", helo)
@@ -83,16 +89,21 @@ def _spf_identity(mail_from: str, helo: str) -> tuple[str, str]:
 async def check_message(raw: bytes, *, client_ip: str, helo: str, mail_from: str,
                         resolver: Resolver, authserv_id: str,
                         deadline: float = DEFAULT_DEADLINE, receiver: str = "",
-                        rng: random.Random | None = None) -> AuthReport:
-    """Run all checks for one message; never raises, never outlives `deadline` seconds."""
+                        rng: random.Random | None = None,
+                        spf: SpfResult | None = None) -> AuthReport:
+    """Run all checks for one message; never raises, never outlives `deadline` seconds.
+
+    `spf`: the result already found for this client, MAIL FROM and HELO (the MX
+    checks SPF at MAIL FROM), used instead of evaluating it again.
+    """
     start = time.monotonic()
     until = asyncio.get_running_loop().time() + deadline
     identity, spf_domain = _spf_identity(mail_from, helo)
     late = f"timed out after {deadline:.1f}s"
     timed_out: list[str] = []
     spf_res, dkim_res, arc_res, policy = await asyncio.gather(
-        _bounded("spf", check_spf(resolver, client_ip, mail_from, helo, receiver=receiver),
-                 until, SpfResult("temperror", late, spf_domain, identity), timed_out),
+        _bounded("spf", _known(spf) if spf is not None else
+                 check_spf(resolver, client_ip, mail_from, helo, receiver=receiver), until, SpfResult("temperror", late, spf_domain, identity), timed_out),
         _bounded("dkim", dkim_verify.verify(raw, resolver), until,
                  [DkimResult("temperror", late)], timed_out),
         _bounded("arc", arc.verify(raw, resolver), until, ArcResult("fail", late), timed_out),

@@ -45,6 +45,7 @@ def _psl() -> PublicSuffixList:
     return PublicSuffixList()
 
 
+@lru_cache(maxsize=4096)  # three calls a message, for a few thousand domains at most
 def organizational_domain(domain: str) -> str:
     """3.2: the registrable domain (public suffix + one label); the name itself if none."""
     domain = domain.lower().rstrip(".")
@@ -131,10 +132,11 @@ def from_domains(raw: bytes) -> list[str]:
     for f in fields:
         if field_name(f) == "from":
             text = f.split(b":", 1)[1].decode("utf-8", "replace")
-            try:
-                text = str(make_header(decode_header(text)))
-            except (ValueError, LookupError):
-                pass
+            if "=?" in text:  # RFC 2047 encoded words (a display name, mostly)
+                try:
+                    text = str(make_header(decode_header(text)))
+                except (ValueError, LookupError):
+                    pass
             values.append(text.replace("\r\n", " ").replace("\n", " "))
     return [addr.rpartition("@")[2].lower().rstrip(".")
             for _, addr in getaddresses(values) if addr]

@@ -30,6 +30,7 @@ import re
 import time
 import urllib.parse
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from keepmail.dnsx.resolver import DnsNameError, DnsTempError, Resolver
 
@@ -214,6 +215,13 @@ def parse_record(text: str) -> Record:
         else:
             raise PermError(f"unknown mechanism {term!r}")
     return record
+
+
+@lru_cache(maxsize=1024)
+def _parsed(text: str) -> Record:
+    """parse_record for evaluation: a busy MX sees the same few records again and
+    again. Evaluation only reads a Record, so one parse serves them all."""
+    return parse_record(text)
 
 
 def _add_modifier(record: Record, name: str, value: str) -> None:
@@ -462,7 +470,7 @@ async def _check(st: _State, domain: str, *, nested: bool = False) -> SpfResult:
         text = await _fetch_record(st, domain)
         if text is None:
             return SpfResult("none", f"no SPF record at {domain}", domain)
-        record = parse_record(text)
+        record = _parsed(text)
         return await _evaluate(record, st, domain)
     except TempError as exc:
         return SpfResult("temperror", str(exc), domain, lookups=st.lookups)
