@@ -33,6 +33,29 @@ def test_trace_summary_search_and_timeline(tmp_path: Path) -> None:
     assert kinds == ["connect", "delivered"], "a message timeline includes its session"
 
 
+def test_search_by_message_id_is_exact(tmp_path: Path) -> None:
+    rec = Recorder(tmp_path / "r.db")
+    rec._conn.execute("CREATE INDEX traces_message_id ON traces(message_id)")  # older file
+    ids = {mid: rec.new_trace("message", message_id=mid, subject=subject) for mid, subject in [
+        ("<q1.a@remote.test>", "one"), ("<a.q1@remote.test>", "same words, other order"),
+        ("<q1.a@remote.test.evil>", "longer"), ("<...>", "no words"),
+        ("<x@y>", "mentions <q1.a@remote.test> in its subject")]}
+    late = rec.new_trace("message")
+    rec.update(late, message_id="<late@remote.test>", ended=time.time())  # known at the end
+    rec.close()
+    rec = Recorder(tmp_path / "r.db")  # reopened: the older index is gone
+    assert rec._conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'traces_message_id'"
+                             ).fetchone() is None
+    rec.close()
+    conn = open_readonly(tmp_path / "r.db")
+    for query, mid in [("<q1.a@remote.test>", "<q1.a@remote.test>"),
+                       ("q1.a@remote.test", "<q1.a@remote.test>"), ("<...>", "<...>"),
+                       (" <q1.a@remote.test.evil> ", "<q1.a@remote.test.evil>")]:
+        assert [r["id"] for r in search(conn, TraceFilter(message_id=query))] == [ids[mid]]
+    assert [r["id"] for r in search(conn, TraceFilter(message_id="late@remote.test"))] == [late]
+    assert search(conn, TraceFilter(message_id="<q1@remote.test>")) == []
+
+
 def test_retention_prunes_old_traces(tmp_path: Path) -> None:
     rec = Recorder(tmp_path / "r.db", retention_days=1)
     old = rec.new_trace("message", subject="ancient")

@@ -103,7 +103,7 @@ def test_chunk_order_is_authenticated(tmp_path: Path) -> None:
 def test_blob_ids_ascend_are_never_reused_and_skip_taken_ids(tmp_path: Path) -> None:
     """Small blobs get the next id in sequence (sealed in their transaction); an id
     stays with its blob forever (header caches key on it), even after the newest blob
-    is deleted; an id already taken by a large blob's random id is skipped."""
+    is deleted; a large blob's random id is stepped over."""
     store, copy = setup_store(tmp_path)
 
     def blob_of(uid: int) -> int:
@@ -127,6 +127,13 @@ def test_blob_ids_ascend_are_never_reused_and_skip_taken_ids(tmp_path: Path) -> 
     store.write_sync(lambda c: blobs.insert(c, taken, 1, 0.0))
     fourth = deliver(b"four")
     assert fourth == third + 2
+    # Deleting an older blob leaves the sequence where it is; deleting the newest
+    # again moves it past that id.
+    store.write_sync(lambda c: mailq.expunge(c, copy.mailbox_id, [1]))
+    fifth = deliver(b"five")
+    assert fifth == fourth + 1
+    store.write_sync(lambda c: mailq.expunge(c, copy.mailbox_id, [5]))
+    assert deliver(b"six") == fifth + 1
     assert asyncio.run(store.read_blob(fourth)).endswith(b"four")
     assert asyncio.run(store.read_blob(taken.id)).endswith(b"big")
     store.close()

@@ -21,6 +21,12 @@ def test_migrations_are_versioned_and_idempotent(tmp_path: Path) -> None:
     first = dict(conn.execute("SELECT component, version FROM schema_versions").fetchall())
     assert first["core"] >= 1 and first["blobs"] >= 1
     assert migrations.migrate(conn) == first  # nothing left to do
+    # Core 4 dropped the unused (and per delivery costly) index on Message-ID.
+    conn.execute("CREATE INDEX messages_message_id ON messages(message_id)")
+    conn.execute("UPDATE schema_versions SET version = 3 WHERE component = 'core'")
+    assert migrations.migrate(conn) == first
+    assert conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'messages_message_id'"
+                        ).fetchone() is None
     conn.execute("UPDATE schema_versions SET version = 99 WHERE component = 'core'")
     with pytest.raises(RuntimeError, match="newer than this keepmail"):
         migrations.migrate(conn)

@@ -53,8 +53,14 @@ def search(conn: sqlite3.Connection, f: TraceFilter) -> list[dict[str, Any]]:
             where.append(f"t.{column} = ?")
             args.append(value)
     if f.message_id:
+        message_id = f.message_id.strip().strip("<>").join("<>")
         where.append("t.message_id = ?")
-        args.append(f.message_id.strip().strip("<>").join("<>"))
+        args.append(message_id)
+        if any(ch.isalnum() for ch in message_id):
+            # Candidates from the full-text index (message_id has no index of its
+            # own; see recorder.SCHEMA), the exact match above decides.
+            where.append("t.n IN (SELECT rowid FROM traces_fts WHERE traces_fts MATCH ?)")
+            args.append(_fts_query(message_id))
     if f.since is not None:
         where.append("t.started >= ?")
         args.append(f.since)

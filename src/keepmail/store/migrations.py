@@ -58,5 +58,15 @@ def _apply(conn: sqlite3.Connection, component: str, version: int, script: str) 
 
 
 def _statements(script: str) -> list[str]:
-    # Scripts are plain DDL without semicolons inside strings or triggers.
-    return [s.strip() for s in script.split(";") if s.strip()]
+    """The script's statements; a ";" inside a trigger body or a string does not end one."""
+    out: list[str] = []
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \t\r\n;"):
+                out.append(pending.strip().removesuffix(";"))
+            pending = ""
+    if pending.strip(" \t\r\n;"):
+        out.append(pending.strip().removesuffix(";"))
+    return out

@@ -110,6 +110,11 @@ CORE = [
     CREATE INDEX IF NOT EXISTS messages_blob ON messages(blob_id);
     CREATE INDEX IF NOT EXISTS accounts_domain ON accounts(domain_id)
     """,
+    # 4: nothing looks messages up by Message-ID, and as Message-IDs are random each
+    # delivery wrote a page of this index of its own.
+    """
+    DROP INDEX IF EXISTS messages_message_id
+    """,
 ]
 
 migrations.register("blobs", blobs.SCHEMA)
