@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from keepmail.store import Copy, Store, accounts, blobs
+from keepmail.store import Copy, Store, accounts, blobs, imapq
 from keepmail.store import mail as mailq
 from keepmail.store.blobs import CHUNK_SIZE, BlobCorrupt
 
@@ -50,14 +50,38 @@ def test_wrong_key_or_tampering_detected(tmp_path: Path) -> None:
     store, copy = setup_store(tmp_path)
     [placed] = asyncio.run(store.deliver(b"Subject: x\r\n\r\nhello\r\n", [copy]))
     msg = store.read_now(lambda c: mailq.list_messages(c, placed.mailbox_id))[0]
-    def flip(c: sqlite3.Connection) -> None:
-        data = bytearray(c.execute("SELECT data FROM blob_chunks WHERE blob_id = ?",
+    def flip(c: sqlite3.Connection) -> None:  # a one-chunk blob keeps it in its row
+        data = bytearray(c.execute("SELECT data FROM blobs WHERE id = ?",
                                    (msg.blob_id,)).fetchone()[0])
         data[20] ^= 1
-        c.execute("UPDATE blob_chunks SET data = ? WHERE blob_id = ?", (bytes(data), msg.blob_id))
+        c.execute("UPDATE blobs SET data = ? WHERE id = ?", (bytes(data), msg.blob_id))
     store.write_sync(flip)
     with pytest.raises(BlobCorrupt):
         store.read_blob_now(msg.blob_id)
+    store.close()
+
+
+def test_one_chunk_blobs_of_older_installs_are_still_read(tmp_path: Path) -> None:
+    """Before blobs migration 4 a one-chunk blob kept its chunk in blob_chunks."""
+    store, copy = setup_store(tmp_path)
+    raws = [b"Subject: new\r\n\r\nin the row\r\n", b"Subject: old\r\n\r\nin chunks\r\n"]
+    placed = [asyncio.run(store.deliver(raw, [copy]))[0] for raw in raws]
+    ids = [m.blob_id for m in store.read_now(lambda c: mailq.list_messages(c, copy.mailbox_id))]
+
+    def as_before(c: sqlite3.Connection) -> None:
+        c.execute("INSERT INTO blob_chunks(blob_id, idx, data)"
+                  " SELECT id, 0, data FROM blobs WHERE id = ?", (ids[1],))
+        c.execute("UPDATE blobs SET data = NULL WHERE id = ?", (ids[1],))
+    store.write_sync(as_before)
+    assert [store.read_blob_now(i) for i in ids] == raws
+    assert [asyncio.run(store.read_blob(i, 9, 13)) for i in ids] == [b"new\r", b"old\r"]
+    conn = store.db.reader()
+    firsts = {i: store.cipher.open_chunk(i, 0, True, data)
+              for i, _size, data in imapq.sealed_first_chunks(conn, ids)}
+    assert firsts == dict(zip(ids, raws, strict=True))
+    assert [(i, idx) for i, _size, idx, _data in imapq.sealed_blobs(conn, ids)] == \
+        [(ids[0], 0), (ids[1], 0)]
+    assert len(placed) == 2
     store.close()
 
 

@@ -62,12 +62,17 @@ SCHEMA = [
         UPDATE blob_ids SET next = OLD.id + 1;
     END
     """,
+    # A blob of one chunk (most mail) keeps it in its own row: one row in one B-tree
+    # per message instead of rows in three (blob_chunks has a key index of its own).
+    # Blobs of several chunks keep them all in blob_chunks, data stays NULL.
+    """
+    ALTER TABLE blobs ADD COLUMN data BLOB
+    """,
 ]
 
 # The id a small blob gets (see SCHEMA): past every id in use and past the floor.
-_INSERT_NEXT = ("INSERT INTO blobs(id, size, refs, created)"
-                " SELECT max(f.next, coalesce((SELECT max(id) FROM blobs), 0) + 1), ?, ?, ?"
-                " FROM blob_ids f RETURNING id")
+# Read inside the writing transaction, which no other writer can enter meanwhile.
+_NEXT_ID = "SELECT max(next, coalesce((SELECT max(id) FROM blobs), 0) + 1) FROM blob_ids"
 
 
 class BlobCorrupt(Exception):
@@ -156,17 +161,15 @@ def insert(conn: sqlite3.Connection, blob: SealedBlob | PlainBlob, refs: int,
            now: float) -> SealedBlob:
     """Store a blob with `refs` references; returns it sealed (with its id)."""
     if isinstance(blob, PlainBlob):
-        blob_id = conn.execute(_INSERT_NEXT, (len(blob.data), refs, now)).fetchone()[0]
+        blob_id = conn.execute(_NEXT_ID).fetchone()[0]
         sealed = blob.cipher.seal(blob.data, blob_id)
     else:
         sealed = blob
-        conn.execute("INSERT INTO blobs(id, size, refs, created) VALUES (?, ?, ?, ?)",
-                     (sealed.id, sealed.size, refs, now))
     chunks = sealed.chunks
-    if len(chunks) == 1:  # most mail
-        conn.execute("INSERT INTO blob_chunks(blob_id, idx, data) VALUES (?, 0, ?)",
-                     (sealed.id, chunks[0]))
-    else:
+    inline = chunks[0] if len(chunks) == 1 else None  # most mail: see SCHEMA
+    conn.execute("INSERT INTO blobs(id, size, refs, created, data) VALUES (?, ?, ?, ?, ?)",
+                 (sealed.id, sealed.size, refs, now, inline))
+    if inline is None:
         conn.executemany("INSERT INTO blob_chunks(blob_id, idx, data) VALUES (?, ?, ?)",
                          [(sealed.id, i, c) for i, c in enumerate(chunks)])
     return sealed
@@ -189,13 +192,16 @@ def size(conn: sqlite3.Connection, blob_id: int) -> int:
 def iter_chunks(conn: sqlite3.Connection, cipher: BlobCipher, blob_id: int,
                 start: int = 0, end: int | None = None) -> Iterator[bytes]:
     """Yield the plaintext of bytes [start, end) of a blob, chunk by chunk."""
-    total = size(conn, blob_id)
+    row = conn.execute("SELECT size, data FROM blobs WHERE id = ?", (blob_id,)).fetchone()
+    if row is None:
+        raise KeyError(blob_id)
+    total, inline = int(row[0]), row[1]
     end = total if end is None else min(end, total)
     if start >= end:
         return
     count = max(1, -(-total // CHUNK_SIZE))
     first, last = start // CHUNK_SIZE, (end - 1) // CHUNK_SIZE
-    rows = conn.execute(
+    rows = [(0, inline)] if inline is not None else conn.execute(
         "SELECT idx, data FROM blob_chunks WHERE blob_id = ? AND idx BETWEEN ? AND ?"
         " ORDER BY idx", (blob_id, first, last)).fetchall()
     if len(rows) != last - first + 1:

@@ -133,10 +133,12 @@ def sealed_first_chunks(conn: sqlite3.Connection, blob_ids: Sequence[int]
     out: list[tuple[int, int, bytes]] = []
     for start in range(0, len(blob_ids), 500):
         part = list(blob_ids[start:start + 500])
+        # Chunk 0 is in the blob's row when it is the only one (blobs.SCHEMA).
         out += _plain(conn).execute(
-            "SELECT b.id, b.size, c.data FROM blobs b JOIN blob_chunks c"
-            f" ON c.blob_id = b.id AND c.idx = 0 WHERE b.id IN ({_marks(len(part))})", part
-        ).fetchall()
+            "SELECT b.id, b.size, coalesce(b.data, c.data) FROM blobs b LEFT JOIN blob_chunks c"
+            " ON b.data IS NULL AND c.blob_id = b.id AND c.idx = 0"
+            f" WHERE b.id IN ({_marks(len(part))}) AND coalesce(b.data, c.data) IS NOT NULL",
+            part).fetchall()
     return out
 
 
@@ -146,10 +148,13 @@ def sealed_blobs(conn: sqlite3.Connection, blob_ids: Sequence[int]
     out: list[tuple[int, int, int, bytes]] = []
     for start in range(0, len(blob_ids), 500):
         part = list(blob_ids[start:start + 500])
+        marks = _marks(len(part))
         out += _plain(conn).execute(
-            "SELECT b.id, b.size, c.idx, c.data FROM blobs b JOIN blob_chunks c"
-            f" ON c.blob_id = b.id WHERE b.id IN ({_marks(len(part))})"
-            " ORDER BY b.id, c.idx", part).fetchall()
+            "SELECT id, size, 0, data FROM blobs"
+            f" WHERE id IN ({marks}) AND data IS NOT NULL"
+            " UNION ALL SELECT b.id, b.size, c.idx, c.data FROM blobs b JOIN blob_chunks c"
+            f" ON c.blob_id = b.id WHERE b.id IN ({marks}) AND b.data IS NULL"
+            " ORDER BY 1, 3", part + part).fetchall()
     return out
 
 
