@@ -91,7 +91,8 @@ class App:
     def smtp_limits(self) -> Limits:
         s = self.config.smtp
         return Limits(max_message_size=s.max_message_size, max_recipients=s.max_recipients,
-                      command_timeout=s.command_timeout)
+                      command_timeout=s.command_timeout,
+                      max_messages=s.max_messages_per_connection)
 
     def _listener(self, name: str, port: int, implicit_tls: bool = False) -> ListenerConfig:
         s = self.config.smtp

@@ -69,6 +69,9 @@ class TlsSection:
 class SmtpSection:
     max_message_size: int = opt(50 * 1024 * 1024, "Largest message accepted, in bytes.")
     max_recipients: int = opt(1000, "Most recipients in one message.")
+    max_messages_per_connection: int = opt(
+        1000, "Most messages one SMTP connection may send; the next MAIL FROM gets 421 and "
+        "the sender reconnects (Exim's default too). Raise it for a busy internal relay.")
     max_connections: int = opt(1000, "Most simultaneous SMTP connections per listener.")
     max_connections_per_ip: int = opt(20, "Most simultaneous SMTP connections from one IP.")
     command_timeout: float = opt(300.0, "Seconds to wait for the next SMTP command.")
@@ -240,6 +243,10 @@ def _check(config: Config) -> None:
     if config.smtp.max_message_size < 1024:
         raise ConfigError(f"{path}: [smtp] max_message_size = {config.smtp.max_message_size}: "
                           "must be at least 1024 bytes")
+    for key in ("max_recipients", "max_messages_per_connection"):
+        if getattr(config.smtp, key) < 1:
+            raise ConfigError(f"{path}: [smtp] {key} = {getattr(config.smtp, key)}: must be "
+                              "at least 1")
     if not 0 <= config.smtp.mx_processes <= 64:
         raise ConfigError(f"{path}: [smtp] mx_processes = {config.smtp.mx_processes}: must be "
                           "1 to 64, or 0 for one per CPU core")

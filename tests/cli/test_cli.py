@@ -86,6 +86,8 @@ def test_users_domains_aliases(initialized: Path) -> None:
     ("[server]\nhostnme = 'x'\n", "unknown key 'hostnme' in [server]; allowed keys: hostname"),
     ("[smtp]\nmax_recipients = 'many'\n", "[smtp] max_recipients = 'many': must be a whole number"),
     ("[ports]\nsmtp = 70000\n", "[ports] smtp = 70000: must be 0 (off) to 65535"),
+    ("[smtp]\nmax_messages_per_connection = 0\n",
+     "[smtp] max_messages_per_connection = 0: must be at least 1"),
     ("[server\n", "not valid TOML"),
     ("[spam]\njunk_score = 20.0\n", "junk_score <= quarantine_score"),
     ("[tls]\ncert_file = 'a.pem'\n", "cert_file and key_file go together"),

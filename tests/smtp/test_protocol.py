@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import smtplib
 
+import pytest
+
 from tests.smtp.rawclient import Raw
 from tests.support.server import InProcessServer, mailbox_messages
 
@@ -155,6 +157,26 @@ def test_bare_lf_line_endings_normalized(server: InProcessServer) -> None:
     assert c.cmd(b"Subject: lf\n\nline\nother\r\n.")[0] == 250
     [stored] = mailbox_messages(server.store, "bob@example.test")
     assert stored.endswith(b"Subject: lf\r\n\r\nline\r\nother\r\n")
+
+
+def test_messages_per_connection_limit(tmp_path) -> None:
+    """After max_messages_per_connection messages the next MAIL FROM gets 421 and the
+    connection closes; the messages before it are delivered, a new connection works."""
+    from tests.smtp.conftest import make_server
+    srv = make_server(tmp_path, smtp={"max_messages_per_connection": 2})
+    try:
+        with smtplib.SMTP(srv.host, srv.port("smtp")) as client:
+            for i in range(2):
+                client.sendmail("a@remote.test", ["bob@example.test"], b"Subject: %d\r\n\r\nx\r\n" % i)
+            code, text = client.mail("a@remote.test")
+            assert code == 421 and b"4.7.0" in text
+            with pytest.raises(smtplib.SMTPServerDisconnected):
+                client.noop()
+        with smtplib.SMTP(srv.host, srv.port("smtp")) as client:
+            client.sendmail("a@remote.test", ["bob@example.test"], b"Subject: 3\r\n\r\nx\r\n")
+        assert len(mailbox_messages(srv.store, "bob@example.test")) == 3
+    finally:
+        srv.stop()
 
 
 def test_http_request_hangs_up(server: InProcessServer) -> None:
