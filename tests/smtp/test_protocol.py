@@ -167,7 +167,8 @@ def test_messages_per_connection_limit(tmp_path) -> None:
     try:
         with smtplib.SMTP(srv.host, srv.port("smtp")) as client:
             for i in range(2):
-                client.sendmail("a@remote.test", ["bob@example.test"], b"Subject: %d\r\n\r\nx\r\n" % i)
+                client.sendmail("a@remote.test", ["bob@example.test"],
+                                b"Subject: %d\r\n\r\nx\r\n" % i)
             code, text = client.mail("a@remote.test")
             assert code == 421 and b"4.7.0" in text
             with pytest.raises(smtplib.SMTPServerDisconnected):

@@ -101,9 +101,11 @@ async def check_message(raw: bytes, *, client_ip: str, helo: str, mail_from: str
     identity, spf_domain = _spf_identity(mail_from, helo)
     late = f"timed out after {deadline:.1f}s"
     timed_out: list[str] = []
+    spf_check = (_known(spf) if spf is not None
+                 else check_spf(resolver, client_ip, mail_from, helo, receiver=receiver))
     spf_res, dkim_res, arc_res, policy = await asyncio.gather(
-        _bounded("spf", _known(spf) if spf is not None else
-                 check_spf(resolver, client_ip, mail_from, helo, receiver=receiver), until, SpfResult("temperror", late, spf_domain, identity), timed_out),
+        _bounded("spf", spf_check, until, SpfResult("temperror", late, spf_domain, identity),
+                 timed_out),
         _bounded("dkim", dkim_verify.verify(raw, resolver), until,
                  [DkimResult("temperror", late)], timed_out),
         _bounded("arc", arc.verify(raw, resolver), until, ArcResult("fail", late), timed_out),
